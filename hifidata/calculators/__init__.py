@@ -1,0 +1,1 @@
+"""Engines behind one labeling contract (base.py), one module per engine."""

@@ -1,0 +1,252 @@
+"""The ``hifidata`` command. It calls flows/ and datasets/ and holds no science.
+
+Errors caused by input (a missing file, a bad spec field, an impossible structure) print one
+line, ``hifidata: error: ...``, and exit with status 2, leaving every file as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from hifidata import __version__
+from hifidata.errors import HifidataError
+
+EXAMPLES = {"water-dimer": ("water-dimer.yaml", "water-dimer.xyz")}
+
+app = typer.Typer(
+    name="hifidata",
+    help="High-fidelity training data for machine-learning interatomic potentials.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def main() -> None:
+    try:
+        app()
+    except HifidataError as error:
+        console.print(f"hifidata: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hifidata {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """High-fidelity training data for machine-learning interatomic potentials."""
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Folder to write the campaign spec into."),
+    example: str = typer.Option("water-dimer", help=f"One of: {', '.join(EXAMPLES)}."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that exist."),
+) -> None:
+    """Write a campaign spec (and its seed structures) to start from."""
+    if example not in EXAMPLES:
+        raise HifidataError(f"unknown example {example!r}; examples: {', '.join(EXAMPLES)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    source = resources.files("hifidata") / "examples"
+    targets = [directory / name for name in EXAMPLES[example]]
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        raise HifidataError(f"{existing[0]} exists; use --force to overwrite")
+    for name, target in zip(EXAMPLES[example], targets, strict=True):
+        with resources.as_file(source / name) as path:
+            shutil.copyfile(path, target)
+    out.print(f"wrote {targets[0]}; run it with: hifidata run {targets[0]}")
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="The campaign spec (YAML)."),
+    until: str = typer.Option("release", help="Last stage to run: explore, select, label, "
+                              "train, evaluate, deploy or release."),
+    iterations: int = typer.Option(1, help="Campaign iterations (only 1 is supported yet)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """Run a campaign, or resume it: what the store holds is never computed again."""
+    if iterations != 1:
+        raise HifidataError("--iterations: only 1 iteration is supported in this version")
+    _quiet_prefect(verbose)
+    from hifidata.flows.campaign import run_campaign
+    from hifidata.flows.progress import reporting
+    from hifidata.spec import load_spec
+
+    load_spec(spec)  # a bad spec fails here, in one line, before Prefect starts
+    with RichReporter(console) as bars, reporting(bars):
+        status = run_campaign(spec, until=until)
+    print_summary(status)
+
+
+@app.command()
+def status(
+    store: Path = typer.Argument(..., help="The campaign store (.h5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Counts per stage and rung, failures, cost, models and where results are."""
+    from hifidata.datasets.status import as_json as to_json
+    from hifidata.datasets.status import campaign_status
+    from hifidata.datasets.store import Store
+
+    summary = campaign_status(Store(store))
+    if as_json:
+        out.print_json(to_json(summary))
+    else:
+        print_summary(summary)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="A model folder written by hifidata."),
+    structures: Path = typer.Argument(..., help="Structures: any file ase.io.read reads."),
+    output: Path = typer.Option(..., "--out", help="Where to write the extxyz predictions."),
+    charge: int = typer.Option(0, help="Charge of every structure (if the file has none)."),
+    batch_size: int = typer.Option(32, help="Structures per model call."),
+) -> None:
+    """Energies and forces of a trained model, written as extxyz."""
+    _quiet_prefect(False)
+    from hifidata.flows.predict import predict_file
+    from hifidata.flows.progress import reporting
+
+    with RichReporter(console) as bars, reporting(bars):
+        n = predict_file(model, structures, output, charge=charge, batch_size=batch_size)
+    out.print(f"wrote {n} predictions to {output}")
+
+
+@app.command()
+def export(
+    store: Path = typer.Argument(..., help="The campaign store (.h5)."),
+    format: str = typer.Option("extxyz", help="Release format (extxyz)."),
+    output: Path = typer.Option(..., "--out", help="Folder for the release (replaced whole)."),
+    license: str = typer.Option("CC-BY-4.0", help="License written into the dataset card."),
+) -> None:
+    """Export a dataset release: a file per rung, a dataset card and a SHA-256 manifest."""
+    from hifidata.datasets.release import export_release
+    from hifidata.datasets.store import Store
+
+    if format != "extxyz":
+        raise HifidataError(f"--format: {format!r} is not supported yet (supported: extxyz)")
+    info = export_release(Store(store), output, license=license)
+    out.print(f"wrote {output}: {', '.join(info['files'])}")
+
+
+# -- output ----------------------------------------------------------------------------------
+class RichReporter:
+    """Progress bars for the flows' stages (see hifidata.flows.progress)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def start(self, key: str, description: str, total: int | None = None) -> None:
+        if not self.tasks:
+            self.progress.start()
+        self.tasks[key] = self.progress.add_task(description, total=total)
+
+    def advance(self, key: str, amount: int = 1) -> None:
+        if key in self.tasks:
+            self.progress.advance(self.tasks[key], amount)
+
+    def done(self, key: str, summary: str = "") -> None:
+        if key in self.tasks:
+            task = self.progress.tasks[self.tasks[key]]
+            self.progress.update(self.tasks[key], completed=task.total or task.completed,
+                                 description=f"{task.description} {summary}".rstrip())
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def __enter__(self) -> RichReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+def print_summary(status: dict) -> None:
+    stages = status["stages"]
+    table = Table(title=f"campaign {status['campaign']}", title_justify="left")
+    table.add_column("stage")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    by_protocol = ", ".join(f"{k} {v}" for k, v in stages["explore"]["by_protocol"].items())
+    table.add_row("explore", f"candidate structures ({by_protocol})",
+                  str(stages["explore"]["structures"]))
+    for name, s in stages["select"].items():
+        table.add_row("select", f"{name}: picked of {s['pool']} ({s['principal_components']} PCs)",
+                      str(s["selected"]))
+    for name, s in stages["label"].items():
+        failed = sum(s["failed"].values())
+        mean = f", {s['mean_wall_time_s']:.1f} s each" if s["mean_wall_time_s"] else ""
+        table.add_row("label", f"{name}: ok / failed / pending{mean}",
+                      f"{s['ok']} / {failed} / {s['pending']}")
+    for name in stages["train"]:
+        table.add_row("train", name, "")
+    out.print(table)
+    if stages["evaluate"]:
+        metrics = Table(title="held-out errors (test split)", title_justify="left")
+        for column in ("model", "vs rung", "n", "E MAE meV/atom", "F MAE meV/Å"):
+            justify = "left" if column in ("model", "vs rung") else "right"
+            metrics.add_column(column, justify=justify)
+        for m in stages["evaluate"]:
+            if m.get("n_structures"):
+                metrics.add_row(m["model"], m["rung"], str(m["n_structures"]),
+                                f"{m['energy_mae_meV_per_atom']:.2f}",
+                                f"{m['force_mae_meV_per_A']:.1f}")
+        out.print(metrics)
+    deploy = stages["deploy"]
+    if deploy:
+        verdict = "stayed physical" if deploy["stable"] else f"UNSTABLE ({deploy['stopped']})"
+        out.print(f"MD: {deploy['model']}, {deploy['time_ps']:.2f} ps at "
+                  f"{deploy['temperature_K']:g} K: {verdict}; {deploy['ns_per_day']:.2f} ns/day")
+    for label, path in (("final model", status["final_model"]),
+                        ("parity plot", status["parity_plot"]), ("release", status["release"])):
+        if path:
+            out.print(f"{label}: {path}")
+    if status.get("timings_s"):
+        out.print("wall time per stage (this run): " + ", ".join(
+            f"{stage} {seconds:.0f} s" for stage, seconds in status["timings_s"].items()))
+    if status["failures_total"]:
+        out.print(f"{status['failures_total']} label(s) quarantined; see "
+                  "`hifidata status STORE --json`")
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect's INFO lines would tear the progress bars; the Prefect UI still has every log."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The campaign store, splits, status and dataset releases."""

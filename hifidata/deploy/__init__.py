@@ -1,0 +1,1 @@
+"""Trained models in molecular dynamics."""

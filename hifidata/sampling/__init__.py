@@ -1,0 +1,1 @@
+"""Sampling: exploration, structure features, stratified selection and uncertainty."""

@@ -1,0 +1,263 @@
+"""The campaign spec: pydantic models, YAML loading, and validation with one-line errors.
+
+``load_spec(path)`` checks everything that can be checked before anything runs: the YAML
+fields, the seed files, every seed structure (overlapping atoms, charge/spin against the
+electron count), every rung's method, and that each rung's engine accepts each seed (e.g. the
+basis has functions for every element). A spec that loads is one the campaign can start on.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hifidata.calculators.base import InvalidStructure, Method, engine_module
+from hifidata.errors import SpecError
+from hifidata.structures import StructureError, check_structure, with_charge_and_spin
+
+STAGES = ("explore", "select", "label", "train", "evaluate", "deploy", "release")
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Seed(_Strict):
+    file: str
+    charge: int = 0
+    spin: PositiveInt | None = None  # multiplicity 2S+1; the lowest possible when omitted
+
+
+class MDProtocol(_Strict):
+    """Langevin MD with the exploration MLIP, one trajectory per (temperature, seed)."""
+
+    kind: Literal["md"]
+    temperatures: list[Positive] = Field(min_length=1)  # K
+    steps: PositiveInt
+    timestep: Positive = 0.5  # fs
+    friction: Positive = 0.01  # 1/fs
+    sample_every: PositiveInt = 5
+    seeds: list[int] = Field(default=[0], min_length=1)
+
+
+class RattleProtocol(_Strict):
+    """Gaussian displacements of the seeds and of MD snapshots."""
+
+    kind: Literal["rattle"]
+    count: PositiveInt
+    stdev: Positive = 0.05  # Å
+    seed: int = 0
+
+
+Protocol = Annotated[MDProtocol | RattleProtocol, Field(discriminator="kind")]
+
+
+class Explore(_Strict):
+    model: str = "chgnet-0.3.0"
+    protocols: list[Protocol] = Field(min_length=1)
+
+
+class Pick(_Strict):
+    """DIRECT pick of one rung: ``clusters`` BIRCH clusters, ``per_cluster`` from each."""
+
+    source: str = Field("candidates", alias="from")  # "candidates" or a lower rung's name
+    clusters: PositiveInt
+    per_cluster: PositiveInt = 1
+    weighting: bool = False  # weight principal components by explained variance
+    strategy: Literal["center", "random"] = "center"
+    seed: int = 0
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Rung(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    engine: str = "pyscf"
+    method: dict
+    select: Pick
+    threads: PositiveInt = 1  # per label
+
+    @cached_property
+    def resolved(self) -> Method:
+        return Method.resolve(self.engine, self.method, name=self.name)
+
+
+class Select(_Strict):
+    features: str = "chgnet-0.3.0"  # the MLIP whose structure features DIRECT stratifies
+    batch_size: PositiveInt = 64
+
+
+class Finetune(_Strict):
+    rung: str
+    base: str = "chgnet-0.3.0"
+    epochs: PositiveInt = 100
+    learning_rate: Positive = 1e-3
+    batch_size: PositiveInt = 8
+    patience: PositiveInt = 25
+
+
+class Delta(_Strict):
+    low: str  # rung the fine-tuned model learned
+    high: str  # rung whose difference to ``low`` the Δ-model learns
+    epochs: PositiveInt = 300
+    learning_rate: Positive = 3e-3
+    batch_size: PositiveInt = 4
+    patience: PositiveInt = 60
+
+
+class Train(_Strict):
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
+    seed: int = 0
+    device: str | None = None  # default: cuda when present, else cpu
+    finetune: Finetune
+    delta: Delta | None = None
+
+
+class Deploy(_Strict):
+    temperature: Positive = 300.0
+    steps: PositiveInt = 4000
+    timestep: Positive = 0.5
+    friction: Positive = 0.01
+    min_distance: Positive = 0.6  # Å; closer atoms mean the model went unphysical
+    sample_every: PositiveInt = 20
+    seed: int = 0
+
+
+class Release(_Strict):
+    license: str = "CC-BY-4.0"
+    formats: list[Literal["extxyz"]] = ["extxyz"]
+    description: str = ""
+
+
+class Execution(_Strict):
+    runner: Literal["local"] = "local"
+    max_workers: PositiveInt = 2  # tasks at a time (labels, trajectories)
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    store: str | None = None  # default: <name>.h5 beside the spec
+    seeds: list[Seed] = Field(min_length=1)
+    explore: Explore
+    select: Select = Select()
+    ladder: list[Rung] = Field(min_length=1)
+    train: Train
+    deploy: Deploy = Deploy()
+    release: Release = Release()
+    execution: Execution = Execution()
+    #: folder the spec was read from; relative paths in the spec are relative to it
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Spec:
+        names = [rung.name for rung in self.ladder]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ladder: rung names must be unique, got {names}")
+        for i, rung in enumerate(self.ladder):
+            allowed = ["candidates", *names[:i]]
+            if rung.select.source not in allowed:
+                raise ValueError(
+                    f"ladder[{i}].select.from: {rung.select.source!r} is not one of {allowed}"
+                )
+        rungs = {"finetune.rung": self.train.finetune.rung}
+        if self.train.delta:
+            rungs.update({"delta.low": self.train.delta.low, "delta.high": self.train.delta.high})
+            if self.train.delta.low != self.train.finetune.rung:
+                raise ValueError("train.delta.low must be the rung train.finetune learns")
+        for where, rung in rungs.items():
+            if rung not in names:
+                raise ValueError(f"train.{where}: no rung named {rung!r} (rungs: {names})")
+        return self
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def store_path(self) -> Path:
+        return (self.base_dir / (self.store or f"{self.name}.h5")).resolve()
+
+    @property
+    def campaign_dir(self) -> Path:
+        return self.store_path.parent
+
+    def rung(self, name: str) -> Rung:
+        return next(r for r in self.ladder if r.name == name)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def seed_structures(self) -> list[Atoms]:
+        """Every seed structure, with charge and spin set (raises SpecError)."""
+        from ase.io import read
+
+        out = []
+        for i, seed in enumerate(self.seeds):
+            path = (self.base_dir / seed.file).resolve()
+            if not path.is_file():
+                raise SpecError(f"seeds[{i}].file: {path}: no such file")
+            try:
+                frames = read(path, index=":")
+            except Exception as error:
+                raise SpecError(f"seeds[{i}].file: {path}: unreadable ({error})") from None
+            for j, atoms in enumerate(frames):
+                atoms = with_charge_and_spin(atoms, seed.charge, seed.spin)
+                try:
+                    check_structure(atoms)
+                except StructureError as error:
+                    raise SpecError(f"seeds[{i}] ({path.name}, frame {j}): {error}") from None
+                out.append(atoms)
+        return out
+
+
+def load_spec(path: str | Path, check_inputs: bool = True) -> Spec:
+    """Read and validate a spec; every problem is a SpecError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping")
+    try:
+        spec = Spec.model_validate({**raw, "base_dir": path.parent.resolve()})
+    except ValidationError as error:
+        raise SpecError(f"{path}: {_first_error(error)}") from None
+    if check_inputs:
+        check_spec_inputs(spec, path)
+    return spec
+
+
+def check_spec_inputs(spec: Spec, path: Path) -> None:
+    """Seeds readable and sane, methods valid, and every engine accepts every seed."""
+    seeds = spec.seed_structures()
+    for i, rung in enumerate(spec.ladder):
+        try:
+            method = rung.resolved
+        except ValueError as error:
+            raise SpecError(f"{path}: ladder[{i}].method: {error}") from None
+        engine = engine_module(rung.engine)
+        for atoms in seeds:
+            try:
+                engine.check(atoms, method.params)
+            except InvalidStructure as error:
+                raise SpecError(
+                    f"{path}: ladder[{i}] ({rung.name}): {atoms.get_chemical_formula()}: {error}"
+                ) from None
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"

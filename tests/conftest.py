@@ -1,0 +1,61 @@
+"""Shared fixtures: the water dimer, a throw-away Prefect database, a tiny campaign spec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from ase.collections import s22
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def water_dimer():
+    atoms = s22["Water_dimer"].copy()
+    atoms.info = {"charge": 0, "spin": 1}
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def prefect_db():
+    """Flows in tests write to a temporary Prefect database, not the user's ~/.prefect."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def tiny_spec(**overrides) -> dict:
+    """A campaign that runs every stage with real engines in well under a minute."""
+    spec = yaml.safe_load((EXAMPLES / "water-dimer.yaml").read_text())
+    spec["explore"]["protocols"] = [
+        {"kind": "md", "temperatures": [300, 600], "steps": 40, "sample_every": 4, "seeds": [0]},
+        {"kind": "rattle", "count": 30, "stdev": 0.06, "seed": 1},
+    ]
+    spec["ladder"][0]["method"] = {"theory": "dft", "xc": "pbe", "basis": "6-31g",
+                                   "density_fit": True}
+    spec["ladder"][0]["select"] = {"from": "candidates", "clusters": 10}
+    spec["ladder"][1]["method"] = {"theory": "ccsd(t)", "basis": "6-31g", "frozen_core": True}
+    spec["ladder"][1]["select"] = {"from": "dft", "clusters": 5}
+    spec["train"]["finetune"] = {"rung": "dft", "epochs": 3, "batch_size": 4}
+    spec["train"]["delta"] = {"low": "dft", "high": "ccsdt", "epochs": 3, "batch_size": 2}
+    spec["deploy"] = {"steps": 40, "sample_every": 10}
+    for key, value in overrides.items():
+        spec[key] = value
+    return spec
+
+
+def write_spec(folder: Path, spec: dict, seeds: str | None = None) -> Path:
+    """The spec and its seed file in ``folder``; ``seeds`` replaces the seed xyz text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_text = seeds if seeds is not None else (EXAMPLES / "water-dimer.xyz").read_text()
+    (folder / "water-dimer.xyz").write_text(seed_text)
+    path = folder / "campaign.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -1,0 +1,133 @@
+"""Bad input: one line on stderr, exit status 2, and the store exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_spec, write_spec
+
+from hifidata.datasets.store import Store
+from hifidata.errors import SpecError
+from hifidata.spec import load_spec
+
+WATER_AND_XENON = """4
+water and a xenon atom: cc-pVDZ has no functions for Xe
+O 0.0 0.0 0.0
+H 0.0 0.757 0.587
+H 0.0 -0.757 0.587
+Xe 4.0 0.0 0.0
+"""
+OVERLAPPING = """3
+an H sitting on the O
+O 0.0 0.0 0.0
+H 0.05 0.0 0.0
+H 0.0 -0.757 0.587
+"""
+
+
+def hifidata(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hifidata.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def with_change(change):
+    spec = tiny_spec()
+    change(spec)
+    return spec
+
+
+BAD_INPUTS = {
+    "missing seed file": (
+        lambda s: s["seeds"][0].update(file="nowhere.xyz"), None,
+        r"seeds\[0\]\.file: .*no such file"),
+    "negative temperature": (
+        lambda s: s["explore"]["protocols"][0].update(temperatures=[-5]), None,
+        r"temperatures\[0\]: Input should be greater than 0"),
+    "misspelled field": (
+        lambda s: s["ladder"][0].update(engin="pyscf"), None,
+        r"ladder\[0\]\.engin: unknown field"),
+    "unknown engine setting": (
+        lambda s: s["ladder"][0]["method"].update(bsis="6-31g"), None,
+        r"ladder\[0\]\.method: .*bsis"),
+    "element not in the basis": (
+        lambda s: None, WATER_AND_XENON,
+        r"ladder\[0\] \(dft\): H2OXe: .*no functions for element Xe"),
+    "overlapping atoms": (
+        lambda s: None, OVERLAPPING, r"seeds\[0\].*atoms 0 \(O\) and 1 \(H\) are 0\.050 Å apart"),
+    "spin that does not fit": (
+        lambda s: s["seeds"][0].update(spin=2), None,
+        r"charge 0 and spin multiplicity 2 do not fit 20 electrons"),
+    "rung picked from a later rung": (
+        lambda s: s["ladder"][0]["select"].update({"from": "ccsdt"}), None,
+        r"ladder\[0\]\.select\.from: 'ccsdt' is not one of \['candidates'\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path, water_dimer, case):
+    change, seeds, message = BAD_INPUTS[case]
+    spec_path = write_spec(tmp_path, with_change(change), seeds=seeds)
+    store_path = tmp_path / "water-dimer.h5"  # a campaign that already has data
+    with Store(store_path, "a") as store:
+        store.add_structures([water_dimer])
+    before = digest(store_path)
+
+    result = hifidata("run", str(spec_path))
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hifidata: error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert digest(store_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "campaign.yaml", "water-dimer.h5", "water-dimer.h5.lock", "water-dimer.xyz"]
+
+
+def test_missing_files_given_to_commands(tmp_path):
+    for args, message in [
+        (["run", str(tmp_path / "nope.yaml")], "nope.yaml: no such file"),
+        (["status", str(tmp_path / "nope.h5")], "nope.h5: no such store"),
+        (["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r")], "no such store"),
+        (["predict", str(tmp_path), str(tmp_path / "x.xyz"), "--out", str(tmp_path / "p.xyz")],
+         "model"),
+    ]:
+        result = hifidata(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "p.xyz").exists()
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("- a list")
+    with pytest.raises(SpecError, match="a spec is a YAML mapping"):
+        load_spec(tmp_path / "b.yaml")
+
+
+def test_the_example_spec_loads():
+    from conftest import EXAMPLES
+
+    spec = load_spec(EXAMPLES / "water-dimer.yaml")
+    assert [r.name for r in spec.ladder] == ["dft", "ccsdt"]
+    assert spec.ladder[1].resolved.params["frozen_core"] is True
+    assert spec.store_path == (EXAMPLES / "water-dimer.h5").resolve()
+
+
+def test_every_command_has_help():
+    for command in ["--help", "init --help", "run --help", "status --help", "predict --help",
+                    "export --help"]:
+        result = hifidata(*command.split())
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout

@@ -1,0 +1,254 @@
+"""Training: reference energies, fine-tuning, Δ-learning, the model directory.
+
+Real CHGNet and real PySCF labels on rattled water dimers: HF/STO-3G is the "low" rung and
+HF/6-31G the "high" one (their forces differ by ~1.4 eV/Å, far more than the models' errors, so
+a Δ-model that learns anything shows up clearly).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.collections import s22
+from scipy.integrate import simpson
+
+from hifidata.errors import ModelError
+from hifidata.training import (
+    CompositeModel,
+    compose,
+    finetune_chgnet,
+    fit_reference_energies,
+    load_model,
+    train_delta,
+)
+from hifidata.training.models import mean_absolute_errors
+
+N_TRAIN = 12
+
+
+def rattled_dimers(count: int, seed: int = 0) -> list[Atoms]:
+    """Water dimers with the O–O distance varied by ±0.25 Å and every atom rattled."""
+    rng = np.random.default_rng(seed)
+    dimers = []
+    for _ in range(count):
+        atoms = s22["Water_dimer"].copy()
+        oo = atoms.positions[3] - atoms.positions[0]
+        atoms.positions[3:] += oo / np.linalg.norm(oo) * rng.uniform(-0.25, 0.25)
+        atoms.positions += rng.normal(0.0, 0.04, atoms.positions.shape)
+        dimers.append(atoms)
+    return dimers
+
+
+def hf_label(atoms: Atoms, basis: str) -> tuple[float, np.ndarray]:
+    """RHF energy (eV) and forces (eV/Å) from PySCF's analytic gradient."""
+    from pyscf import gto, lib, scf
+
+    mol = gto.M(
+        atom=list(zip(atoms.get_chemical_symbols(), atoms.positions.tolist(), strict=True)),
+        basis=basis, unit="Angstrom", verbose=0,
+    )
+    # one thread: these matrices are tiny, and OpenMP threads spin when other work is running
+    with lib.with_omp_threads(1):
+        mf = scf.RHF(mol)
+        energy = mf.kernel()
+        assert mf.converged
+        gradient = mf.nuc_grad_method().kernel()
+    return energy * units.Hartree, -gradient * units.Hartree / units.Bohr
+
+
+@pytest.fixture(scope="module")
+def data():
+    structures = rattled_dimers(16)
+    labels = {}
+    for level, basis in (("low", "sto-3g"), ("high", "6-31g")):
+        results = [hf_label(atoms, basis) for atoms in structures]
+        labels[level] = ([e for e, _ in results], [f for _, f in results])
+    return structures, labels
+
+
+def split(data, level):
+    structures, labels = data
+    energies, forces = labels[level]
+    train = (structures[:N_TRAIN], energies[:N_TRAIN], forces[:N_TRAIN])
+    val = (structures[N_TRAIN:], energies[N_TRAIN:], forces[N_TRAIN:])
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def finetuned(data):
+    train, val = split(data, "low")
+    return finetune_chgnet(*train, *val, epochs=8, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def composite(data, finetuned):
+    structures, labels = data
+    (low_e, low_f), (high_e, high_f) = labels["low"], labels["high"]
+    delta_e = [h - lo for h, lo in zip(high_e, low_e, strict=True)]
+    delta_f = [h - lo for h, lo in zip(high_f, low_f, strict=True)]
+    delta = train_delta(
+        structures[:N_TRAIN], delta_e[:N_TRAIN], delta_f[:N_TRAIN], epochs=40, batch_size=4,
+    )
+    return compose(finetuned, delta, metadata={"rung": "high"})
+
+
+def test_fit_reference_energies_recovers_per_element_energies():
+    truth = {1: -13.6, 6: -1030.2, 8: -2041.5}
+    formulas = ["H2O", "H2", "O2", "CH4", "CO2", "H2O2", "C2H6", "CH3OH"]
+    structures = [Atoms(f, positions=np.zeros((len(Atoms(f)), 3))) for f in formulas]
+    energies = [sum(truth[z] for z in atoms.numbers) for atoms in structures]
+    fitted = fit_reference_energies(structures, energies)
+    assert fitted.keys() == truth.keys()
+    for z, energy in truth.items():
+        assert fitted[z] == pytest.approx(energy, abs=1e-8)
+
+
+def test_fit_reference_energies_one_composition_gives_minimum_norm():
+    structures = rattled_dimers(3)
+    energies = [-4150.0, -4150.2, -4149.9]
+    fitted = fit_reference_energies(structures, energies)
+    # H4O2 only fixes 4 e_H + 2 e_O; the minimum-norm solution lies along (4, 2)
+    assert 4 * fitted[1] + 2 * fitted[8] == pytest.approx(np.mean(energies))
+    assert fitted[1] / fitted[8] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one energy per structure"):
+        fit_reference_energies(structures, energies[:2])
+
+
+def test_finetuning_lowers_training_errors(data, finetuned):
+    train, _ = split(data, "low")
+    # epochs=0: the pretrained CHGNet with its reference energies refitted, nothing trained
+    baseline = finetune_chgnet(*train, epochs=0)
+    before = mean_absolute_errors(baseline, *train)
+    after = mean_absolute_errors(finetuned, *train)
+    assert after["energy_mae"] < before["energy_mae"]
+    assert after["forces_mae"] < 0.8 * before["forces_mae"]
+    assert finetuned.species == ["H", "O"]
+    assert finetuned.metadata["metrics"]["train"]["forces_mae"] == pytest.approx(
+        after["forces_mae"], rel=1e-6)
+    assert 1 <= finetuned.metadata["training"]["best_epoch"] <= 8
+
+
+def test_early_stopping_keeps_the_best_epoch_and_reports_progress(tmp_path, data, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # chgnet's Trainer writes to the working directory if let
+    train, val = split(data, "low")
+    seen = []
+    # learning rate 0: the loss never improves after epoch 1, so patience 2 stops at epoch 3
+    model = train_delta(
+        *[part[:4] for part in train], *val, epochs=20, patience=2, learning_rate=0.0,
+        progress=lambda *args: seen.append(args), out_dir=tmp_path / "delta",
+        keep_checkpoints=True,
+    )
+    assert model.metadata["training"]["epochs_run"] == 3
+    assert model.metadata["training"]["best_epoch"] == 1
+    assert [s[:2] for s in seen] == [(1, 20), (2, 20), (3, 20)]
+    assert all(s[3] is not None and s[2] > 0 for s in seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["delta"]
+    written = {p.name for p in (tmp_path / "delta").iterdir()}
+    assert written == {"model.json", "chgnet.pth", "checkpoints"}
+    assert any((tmp_path / "delta" / "checkpoints").glob("bestE_*.pth.tar"))
+
+
+def test_labels_must_match_the_structures(data):
+    (structures, energies, forces), _ = split(data, "low")
+    with pytest.raises(ValueError, match="need one of each"):
+        train_delta(structures, energies[:-1], forces, epochs=1)
+    with pytest.raises(ValueError, match=r"structure 2: forces have shape \(3, 3\)"):
+        train_delta(structures, energies, [*forces[:2], forces[2][:3], *forces[3:]], epochs=1)
+
+
+def test_delta_model_brings_the_composite_closer_to_the_high_level(data, finetuned, composite):
+    structures, energies, forces = split(data, "high")[0]
+    base_only = mean_absolute_errors(finetuned, structures, energies, forces)
+    combined = mean_absolute_errors(composite, structures, energies, forces)
+    assert combined["forces_mae"] < 0.7 * base_only["forces_mae"]
+    # the total-energy gap between the basis sets (~56 eV) would make any Δ look good:
+    # compare relative energies, each model's mean error taken out
+    def spread(model):
+        error = model.predict(structures)["energy"] - np.asarray(energies)
+        return np.abs(error - error.mean()).mean()
+
+    assert spread(composite) < 0.7 * spread(finetuned)
+
+
+def test_composite_forces_are_minus_the_energy_gradient(data, composite):
+    atoms = data[0][0]
+    half_step = 0.02  # Å
+    offsets = np.linspace(-half_step, half_step, 21)
+    # CHGNet adds the composition energy (~ -690 eV/atom here) in float32, so each total energy
+    # is rounded to N × spacing(E/N) ≈ 4e-4 eV, and a difference of two to that over 2h
+    energy = composite.predict([atoms])["energy"][0]
+    spacing = float(np.spacing(np.float32(abs(energy) / len(atoms))))
+    rounding = len(atoms) * spacing / (2 * half_step)
+    for atom, axis in [(0, 0), (1, 2), (3, 1), (5, 0)]:
+        path = []
+        for offset in offsets:
+            moved = atoms.copy()
+            moved.positions[atom, axis] += offset
+            path.append(moved)
+        predicted = composite.predict(path)
+        finite_difference = (predicted["energy"][-1] - predicted["energy"][0]) / (2 * half_step)
+        # (E(x+h) − E(x−h)) / 2h is exactly minus the force averaged over [x−h, x+h]; comparing
+        # with that average (Simpson) instead of F(x) leaves no O(h²) truncation error, which
+        # on these stiff O–H bonds reached 0.02 eV/Å at h = 0.01 Å
+        forces = np.array([f[atom, axis] for f in predicted["forces"]])
+        mean_force = simpson(forces, x=offsets) / (2 * half_step)
+        assert -finite_difference == pytest.approx(mean_force, abs=1.5 * rounding + 1e-3)
+
+
+def test_composite_round_trip_and_calculator(tmp_path, data, composite):
+    structures = data[0]
+    composite.save(tmp_path / "model")
+    document = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert document["format"] == "hifidata-model" and document["kind"] == "composite"
+    assert document["species"] == ["H", "O"] and document["metadata"] == {"rung": "high"}
+    base_document = json.loads((tmp_path / "model" / "base" / "model.json").read_text())
+    assert base_document["kind"] == "chgnet"
+    assert set(base_document["reference_energies"]) == {"H", "O"}
+    assert base_document["units"] == {"energy": "eV", "forces": "eV/Å"}
+
+    loaded = load_model(tmp_path / "model", device="cpu")
+    assert isinstance(loaded, CompositeModel)
+    before, after = composite.predict(structures), loaded.predict(structures)
+    np.testing.assert_allclose(after["energy"], before["energy"], rtol=0, atol=1e-6)
+    for f_before, f_after in zip(before["forces"], after["forces"], strict=True):
+        np.testing.assert_allclose(f_after, f_before, rtol=0, atol=1e-6)
+
+    # a saved chgnet model is a base to fine-tune further (the next campaign iteration)
+    (train, energies, forces), _ = split(data, "low")
+    base_dir = str(tmp_path / "model" / "base")
+    again = finetune_chgnet(train[:4], energies[:4], forces[:4], base=base_dir, epochs=1)
+    assert again.metadata["hyperparameters"]["base"] == base_dir
+
+    atoms = structures[0].copy()
+    atoms.calc = loaded.calculator()
+    # one structure per call: compare with a batch of one (float32 sums depend on the batch)
+    alone = composite.predict([atoms])
+    assert atoms.get_potential_energy() == pytest.approx(alone["energy"][0], abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), alone["forces"][0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda d: d / "absent", "no model at"),
+        (lambda d: d, "not a hifidata model directory"),
+        (lambda d: _write(d / "model.json", '{"format": "other"}').parent, "not written by"),
+        (lambda d: _write(d / "model.json", "{broken").parent, "not valid JSON"),
+        (lambda d: _write(d / "weights.pth", "x"), "is a file"),
+        (lambda d: _write(d / "model.json", json.dumps(
+            {"format": "hifidata-model", "version": 1, "kind": "chgnet"})).parent,
+         "no weights file"),
+    ],
+)
+def test_loading_a_foreign_directory_names_the_reason(tmp_path, make, reason):
+    with pytest.raises(ModelError, match=reason) as error:
+        load_model(make(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
