@@ -55,6 +55,7 @@ class RattleProtocol(_Strict):
     count: PositiveInt
     stdev: Positive = 0.05  # Å
     seed: int = 0
+    min_bond_ratio: Annotated[float, Field(ge=0, lt=2)] = 0.8  # × covalent bond length
 
 
 Protocol = Annotated[MDProtocol | RattleProtocol, Field(discriminator="kind")]

@@ -9,6 +9,7 @@ import hashlib
 
 import numpy as np
 from ase import Atoms
+from ase.data import covalent_radii
 from ase.geometry import get_distances
 
 #: Two atoms closer than this (Å) are overlapping: no engine gives a meaningful number there.
@@ -72,12 +73,25 @@ def check_structure(atoms: Atoms, min_distance: float = MIN_DISTANCE) -> None:
 
 def closest_pair(atoms: Atoms) -> tuple[int, int, float]:
     """Indices and distance (Å, minimum image where periodic) of the two closest atoms."""
+    dist = _distances(atoms)
+    i, j = np.unravel_index(np.argmin(dist), dist.shape)
+    return int(min(i, j)), int(max(i, j)), float(dist[i, j])
+
+
+def tightest_pair(atoms: Atoms) -> tuple[int, int, float]:
+    """The pair closest relative to its covalent bond length: (i, j, d / (r_i + r_j))."""
+    radii = covalent_radii[atoms.get_atomic_numbers()]
+    ratio = _distances(atoms) / (radii[:, None] + radii[None, :])
+    i, j = np.unravel_index(np.argmin(ratio), ratio.shape)
+    return int(min(i, j)), int(max(i, j)), float(ratio[i, j])
+
+
+def _distances(atoms: Atoms) -> np.ndarray:
     pbc = atoms.get_pbc()
     cell = atoms.get_cell() if pbc.any() else None
     _, dist = get_distances(atoms.get_positions(), cell=cell, pbc=pbc if pbc.any() else None)
     np.fill_diagonal(dist, np.inf)
-    i, j = np.unravel_index(np.argmin(dist), dist.shape)
-    return int(min(i, j)), int(max(i, j)), float(dist[i, j])
+    return dist
 
 
 def _check_charge_and_spin(atoms: Atoms) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from ase.io import read
 from chgnet.model.model import CHGNet
 from conftest import tiny_spec, write_spec
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from hifidata.calculators import pyscf as pyscf_engine
 from hifidata.cli import app
 from hifidata.datasets.store import Store
+from hifidata.errors import HifidataError
 from hifidata.flows.campaign import run_campaign
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_db")]
@@ -170,3 +173,16 @@ def _wait_for_labels(store_path: Path, at_least: int, timeout: float) -> int:
         if count >= at_least:
             return count
     raise AssertionError(f"fewer than {at_least} labels after {timeout} s")
+
+
+def test_a_spec_that_rewrites_history_is_refused(finished, tmp_path):
+    spec_path, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(spec_path.parent, copy)
+    spec = yaml.safe_load((copy / spec_path.name).read_text())
+    spec["ladder"][0]["select"]["clusters"] = 9
+    (copy / spec_path.name).write_text(yaml.safe_dump(spec))
+    before = hashlib.sha256((copy / "water-dimer.h5").read_bytes()).hexdigest()
+    with pytest.raises(HifidataError, match="'dft' was selected with other settings"):
+        run_campaign(copy / spec_path.name)
+    assert hashlib.sha256((copy / "water-dimer.h5").read_bytes()).hexdigest() == before

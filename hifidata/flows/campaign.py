@@ -42,7 +42,28 @@ def run_campaign(spec_path: str | Path, until: str = "release") -> dict[str, Any
     if until not in STAGES:
         raise HifidataError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     spec = load_spec(spec_path)  # before the store is touched: bad input changes nothing
+    _check_history(spec)
     return campaign(spec, until)
+
+
+def _check_history(spec: Spec) -> None:
+    """A spec may add to a campaign but not rewrite what its store already records."""
+    if not spec.store_path.exists():
+        return
+    store = Store(spec.store_path)
+    existing = set(store.selection_names())
+    for rung in spec.ladder:
+        if rung.name in existing:
+            recorded = store.selection(rung.name).params.get("pick")
+            if recorded != _pick_params(rung):
+                raise HifidataError(
+                    f"rung {rung.name!r} was selected with other settings ({recorded}); "
+                    "use a new store or a new rung name"
+                )
+
+
+def _pick_params(rung) -> dict[str, Any]:
+    return rung.select.model_dump(by_alias=True)
 
 
 @flow(name="hifidata-campaign", flow_run_name="{spec.name}")
@@ -76,8 +97,8 @@ def explore_stage(spec: Spec, store: Store) -> None:
         for seed in seeds
         for temperature in protocol.temperatures
         for md_seed in protocol.seeds
-        if (key := _key("md", protocol, spec.explore.model, structure_id(seed),
-                        temperature, md_seed)) not in done
+        if (key := _trajectory_key(protocol, spec.explore.model, seed, temperature, md_seed))
+        not in done
     ]
     bar = reporter()
     bar.start("explore", "explore: MLIP MD", sum(t[2].steps for t in trajectories))
@@ -103,10 +124,18 @@ def explore_stage(spec: Spec, store: Store) -> None:
         key = _key("rattle", protocol)
         if isinstance(protocol, RattleProtocol) and key not in done:
             parents = _structures_by_protocol(store, ("seed", "md"))
-            candidates = tasks.rattle(parents, protocol.count, protocol.stdev, protocol.seed)
+            candidates = tasks.rattle(parents, protocol.count, protocol.stdev, protocol.seed,
+                                      protocol.min_bond_ratio)
             store.add_structures(candidates.structures, candidates.origins)
             store.put_record("explore", key, {"structures": len(candidates), "stopped": None})
     bar.done("explore", f"{len(store.structure_ids())} candidate structures")
+
+
+def _trajectory_key(protocol: MDProtocol, model: str, seed, temperature: float,
+                    md_seed: int) -> str:
+    """One trajectory's own settings: adding a temperature to the list reruns nothing else."""
+    own = protocol.model_dump(exclude={"temperatures", "seeds"})
+    return _key("md", own, model, structure_id(seed), temperature, md_seed)
 
 
 def _structures_by_protocol(store: Store, protocols: tuple[str, ...]):
@@ -120,14 +149,9 @@ def select_stage(spec: Spec, store: Store) -> None:
     existing = set(store.selection_names())
     known: dict[str, np.ndarray] = {}  # structure_id -> features, computed or read back
     for rung in spec.ladder:
-        params = {"pick": rung.select.model_dump(by_alias=True), "features": spec.select.features}
-        if rung.name in existing:
+        params = {"pick": _pick_params(rung), "features": spec.select.features}
+        if rung.name in existing:  # run_campaign checked that its settings are the spec's
             selection = store.selection(rung.name)
-            if selection.params.get("pick") != params["pick"]:
-                raise HifidataError(
-                    f"rung {rung.name!r} was selected with other settings "
-                    f"({selection.params.get('pick')}); use a new store or a new rung name"
-                )
             known.update(zip(selection.pool_ids, selection.arrays["features"], strict=True))
             continue
         pool = (
@@ -219,8 +243,8 @@ def train_stage(spec: Spec, store: Store) -> None:
                             low["validation"]["ids"])
     if not _model_current(store, ft_name, ft_print):
         with _training_bar(ft_name, finetune.epochs) as progress:
-            tasks.finetune_model(low["train"], low["validation"], models_dir / ft_name,
-                                 ft_settings, progress=progress)
+            tasks.train_model("finetune", low["train"], low["validation"],
+                              models_dir / ft_name, ft_settings, progress=progress)
         _record_model(store, ft_name, models_dir / ft_name, ft_print, recipe="finetune",
                       rung=finetune.rung, method_id=low["method_id"],
                       n_train=len(low["train"]["ids"]), n_validation=len(low["validation"]["ids"]))
@@ -243,7 +267,7 @@ def _train_delta(spec: Spec, store: Store, split: dict, base_name: str, base_pri
                            differences["train"]["ids"], differences["validation"]["ids"])
     if not _model_current(store, name, d_print):
         with _training_bar(name, d.epochs) as progress:
-            tasks.delta_model(differences["train"], differences["validation"],
+            tasks.train_model("delta", differences["train"], differences["validation"],
                               models_dir / name, d_settings, progress=progress)
         _record_model(store, name, models_dir / name, d_print, recipe="delta", rung=d.high,
                       low=d.low, n_train=len(differences["train"]["ids"]),
@@ -316,8 +340,6 @@ def _training_bar(name: str, epochs: int) -> Iterator:
 # -- evaluate ------------------------------------------------------------------------------
 @flow(name="evaluate")
 def evaluate_stage(spec: Spec, store: Store) -> None:
-    from hifidata.training.metrology import parity_plot
-
     split = store.record("split", "campaign")
     models = {spec.train.finetune.base: spec.train.finetune.base}  # pretrained baseline
     for name, record in store.records("model").items():
@@ -340,8 +362,7 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
                 )(name, ref, rung, rung_data["train"], rung_data["test"]))
                 bar.advance("evaluate")
     reports = spec.campaign_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    plot = parity_plot(parities, reports / "parity.png")
+    plot = tasks.parity_plot(parities, reports / "parity.png")
     metrics = [{"model": p.model, "rung": p.rung, **p.errors()} for p in parities]
     store.put_record("evaluation", "campaign", {
         "fingerprint": fingerprint, "metrics": metrics, "parity_plot": store.relative(plot),
@@ -363,17 +384,14 @@ def deploy_stage(spec: Spec, store: Store) -> None:
     bar = reporter()
     bar.start("deploy", f"deploy: {settings.temperature:g} K MD with {final}", settings.steps)
     with _threads(1):
-        result = tasks.run_md(
+        result, summary = tasks.run_md(
             structure, store.resolve(model["path"]), settings.temperature, settings.steps,
             settings.timestep, settings.friction, settings.sample_every, settings.seed,
             settings.min_distance, progress=lambda n: bar.advance("deploy", n),
         )
-    from hifidata.deploy.md import md_summary
-
     trajectory = spec.campaign_dir / "md" / f"{final}-{settings.temperature:g}K.extxyz"
     trajectory.parent.mkdir(parents=True, exist_ok=True)
     write(trajectory, result.frames or [structure], format="extxyz")
-    summary = md_summary(result, settings.timestep, len(structure))
     store.put_record("deploy", "campaign", {
         "fingerprint": fingerprint, "model": final, "temperature_K": settings.temperature,
         "trajectory": store.relative(trajectory), "min_distance_A": settings.min_distance,

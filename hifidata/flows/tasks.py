@@ -40,8 +40,9 @@ def md_trajectory(
 
 
 @task(**quiet)
-def rattle(parents: Sequence[Atoms], count: int, stdev: float, seed: int) -> explore.Candidates:
-    return explore.rattle(parents, count, stdev=stdev, seed=seed)
+def rattle(parents: Sequence[Atoms], count: int, stdev: float, seed: int,
+           min_bond_ratio: float) -> explore.Candidates:
+    return explore.rattle(parents, count, stdev=stdev, seed=seed, min_bond_ratio=min_bond_ratio)
 
 
 @task(**quiet)
@@ -63,20 +64,14 @@ def label(atoms: Atoms, method: base.Method, threads: int) -> base.Label:
     return base.label(atoms, method, threads=threads)
 
 
-@task(**quiet)
-def finetune_model(train: dict, validation: dict, out_dir: Path, settings: dict,
-                   progress: Callable | None = None) -> Model:
-    return finetune.finetune_chgnet(
-        train["structures"], train["energy"], train["forces"],
-        validation["structures"], validation["energy"], validation["forces"],
-        out_dir=out_dir, progress=progress, **settings,
-    )
+RECIPES = {"finetune": finetune.finetune_chgnet, "delta": delta.train_delta}
 
 
 @task(**quiet)
-def delta_model(train: dict, validation: dict, out_dir: Path, settings: dict,
+def train_model(recipe: str, train: dict, validation: dict, out_dir: Path, settings: dict,
                 progress: Callable | None = None) -> Model:
-    return delta.train_delta(
+    """Fine-tune on a rung, or train a Δ-model on a difference: the same data in, a model out."""
+    return RECIPES[recipe](
         train["structures"], train["energy"], train["forces"],
         validation["structures"], validation["energy"], validation["forces"],
         out_dir=out_dir, progress=progress, **settings,
@@ -98,15 +93,22 @@ def evaluate_model(name: str, model_ref: str, rung: str, train: dict, test: dict
 
 
 @task(**quiet)
+def parity_plot(parities: Sequence[metrology.Parity], path: Path) -> Path:
+    return metrology.parity_plot(parities, path)
+
+
+@task(**quiet)
 def run_md(structure: Atoms, model_dir: Path, temperature: float, steps: int, timestep: float,
            friction: float, sample_every: int, seed: int, min_distance: float,
-           progress: Progress = None) -> md.MDResult:
+           progress: Progress = None) -> tuple[md.MDResult, dict]:
+    """The trajectory and its report (stability, length, speed)."""
     calculator = load_model(model_dir).calculator()
-    return md.langevin(
+    result = md.langevin(
         structure, calculator, temperature, steps, timestep=timestep, friction=friction,
         sample_every=sample_every, seed=seed,
         monitors=md.default_monitors(structure, temperature, min_distance), progress=progress,
     )
+    return result, md.md_summary(result, timestep, len(structure))
 
 
 @task(**quiet)

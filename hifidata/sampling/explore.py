@@ -16,7 +16,13 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from hifidata.deploy.md import default_monitors, langevin
-from hifidata.structures import MIN_DISTANCE, StructureError, check_structure, structure_id
+from hifidata.structures import (
+    MIN_DISTANCE,
+    StructureError,
+    check_structure,
+    structure_id,
+    tightest_pair,
+)
 
 
 @dataclass
@@ -75,10 +81,16 @@ def md_trajectory(
     return Candidates(result.frames, origins, result.stopped)
 
 
-def rattle(parents: Sequence[Atoms], count: int, stdev: float = 0.05, seed: int = 0) -> Candidates:
+def rattle(
+    parents: Sequence[Atoms], count: int, stdev: float = 0.05, seed: int = 0,
+    min_bond_ratio: float = 0.8,
+) -> Candidates:
     """``count`` Gaussian rattles (σ = ``stdev`` Å per coordinate) of parents drawn at random.
 
-    Rattles that put two atoms closer than the overlap limit are drawn again.
+    A rattle that brings two atoms closer than ``min_bond_ratio`` × the sum of their covalent
+    radii (0.78 Å for O–H at 0.8) is drawn again: such squeezed bonds sit eV above anything
+    a simulation visits, and a stratified pick would spend labels on them first (they are the
+    edge of feature space).
     """
     rng = np.random.default_rng(seed)
     out = Candidates()
@@ -94,6 +106,8 @@ def rattle(parents: Sequence[Atoms], count: int, stdev: float = 0.05, seed: int 
             check_structure(atoms)
         except StructureError:
             continue
+        if tightest_pair(atoms)[2] < min_bond_ratio:
+            continue
         out.structures.append(atoms)
         out.origins.append(
             {
@@ -105,5 +119,8 @@ def rattle(parents: Sequence[Atoms], count: int, stdev: float = 0.05, seed: int 
             }
         )
     if len(out) < count:
-        raise ValueError(f"rattle stdev {stdev} Å overlaps atoms almost every time; lower it")
+        raise ValueError(
+            f"rattles of stdev {stdev} Å keep bringing atoms closer than {min_bond_ratio} × "
+            "their covalent bond length; lower stdev or min_bond_ratio"
+        )
     return out

@@ -186,8 +186,7 @@ def load_base(base: str, device: str):
         if not isinstance(model, ChgnetModel):
             raise ValueError(f"base model {base} is a {model.kind} model; fine-tune a chgnet one")
         return model.network
-    with quiet():
-        return load_chgnet(base, device)
+    return load_chgnet(base, device)
 
 
 def fit_network(
