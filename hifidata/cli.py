@@ -204,7 +204,9 @@ def print_summary(status: dict) -> None:
     table.add_row("explore", f"candidate structures ({by_protocol})",
                   str(stages["explore"]["structures"]))
     for name, s in stages["select"].items():
-        table.add_row("select", f"{name}: picked of {s['pool']} ({s['principal_components']} PCs)",
+        coverage = f", coverage {s['coverage']:.2f}" if s.get("coverage") is not None else ""
+        table.add_row("select",
+                      f"{name}: picked of {s['pool']} ({s['principal_components']} PCs{coverage})",
                       str(s["selected"]))
     for name, s in stages["label"].items():
         failed = sum(s["failed"].values())

@@ -73,7 +73,7 @@ class Pick(_Strict):
     clusters: PositiveInt
     per_cluster: PositiveInt = 1
     weighting: bool = False  # weight principal components by explained variance
-    strategy: Literal["center", "random"] = "center"
+    strategy: Literal["center", "spread", "random"] = "center"
     seed: int = 0
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -67,6 +67,7 @@ def test_every_stage_delivers(finished):
     assert len(dft.selected_ids) == 10 and len(dft.pool_ids) == 51
     assert set(ccsdt.pool_ids) == set(dft.selected_ids)  # the second pick is from the first
     assert len(ccsdt.selected_ids) == 5
+    assert 0 < stages["select"]["dft"]["coverage"] <= 1
     assert stages["label"]["dft"]["ok"] == 10 and stages["label"]["ccsdt"]["ok"] == 5
 
     assert set(status["models"]) == {"finetune-dft", "delta-ccsdt-minus-dft", "ccsdt-composite"}

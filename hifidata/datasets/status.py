@@ -32,7 +32,8 @@ def campaign_status(store: Store) -> dict[str, Any]:
             },
             "select": {
                 name: {"pool": len(s.pool_ids), "selected": len(s.selected_ids),
-                       "principal_components": s.params.get("n_components")}
+                       "principal_components": s.params.get("n_components"),
+                       "coverage": s.params.get("coverage")}
                 for name, s in ((n, store.selection(n)) for n in store.selection_names())
             },
             "label": labels,

@@ -168,12 +168,13 @@ def select_stage(spec: Spec, store: Store) -> None:
             rung.name, pool, [pool[i] for i in pick["selected"]],
             arrays={"features": x, "embedding": pick["embedding"], "cluster": pick["labels"],
                     "explained_variance": pick["explained_variance"]},
-            params={**params, "direct": pick["params"], "n_components": pick["n_components"]},
+            params={**params, "direct": pick["params"], "n_components": pick["n_components"],
+                    "coverage": pick["coverage"], "notes": pick["notes"]},
         ))
         reporter().note(
             f"select: {len(pick['selected'])} of {len(pool)} for {rung.name} "
-            f"({pick['n_components']} principal components, {pick['params'].get('n_clusters')} "
-            "clusters)"
+            f"({pick['n_components']} principal components, {pick['n_clusters_found']} clusters, "
+            f"coverage {pick['coverage']:.2f})"
         )
 
 

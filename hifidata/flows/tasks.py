@@ -19,7 +19,7 @@ from hifidata.calculators import base
 from hifidata.calculators.mlip import MLIPCalculator, pretrained_chgnet
 from hifidata.deploy import md
 from hifidata.sampling import explore, features
-from hifidata.sampling.direct import DirectSampler
+from hifidata.sampling.direct import DirectSampler, coverage_score
 from hifidata.training import delta, finetune, metrology
 from hifidata.training.models import Model, load_model
 
@@ -56,7 +56,10 @@ def direct_pick(x: np.ndarray, clusters: int, per_cluster: int, weighting: bool,
     sampler = DirectSampler(
         n_clusters=clusters, k=per_cluster, weighting=weighting, strategy=strategy, seed=seed
     )
-    return sampler.fit(x).record()
+    record = sampler.fit(x).record()
+    embedding = record["embedding"]
+    record["coverage"] = coverage_score(embedding, embedding[record["selected"]])
+    return record
 
 
 @task(**quiet)
