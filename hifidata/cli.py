@@ -213,8 +213,12 @@ def print_summary(status: dict) -> None:
         mean = f", {s['mean_wall_time_s']:.1f} s each" if s["mean_wall_time_s"] else ""
         table.add_row("label", f"{name}: ok / failed / pending{mean}",
                       f"{s['ok']} / {failed} / {s['pending']}")
-    for name in stages["train"]:
-        table.add_row("train", name, "")
+    for name, model in stages["train"].items():
+        if model.get("recipe") == "composite":
+            table.add_row("train", f"{name} = {' + '.join(model.get('parts', []))}", "")
+        else:
+            table.add_row("train", f"{name}: train / validation structures",
+                          f"{model.get('n_train')} / {model.get('n_validation')}")
     out.print(table)
     if stages["evaluate"]:
         metrics = Table(title="held-out errors (test split)", title_justify="left")
