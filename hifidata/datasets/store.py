@@ -311,19 +311,14 @@ class Store:
     def labels(self, method_id: str) -> LabelSet:
         """Every structure's latest label for ``method_id`` (ok and failed)."""
         with self._table("labels") as table:
-            mids = table.ids("method_id")
-            latest = {}
-            for row, sid in enumerate(table.ids("structure_id")):
-                if mids[row] == method_id:
-                    latest[sid] = row
-            rows = sorted(latest.values())
-            sids = table.ids("structure_id")
+            latest = _latest_rows(table, method_id)
+            rows = list(latest.values())
             forces = table.per_atom("forces")
             status, message = table.text("status"), table.text("message")
             provenance = table.text("provenance")
             return LabelSet(
                 method_id,
-                [sids[r] for r in rows],
+                list(latest),
                 [status[r] for r in rows],
                 table.column("energy")[rows],
                 [forces[r] for r in rows],
@@ -336,12 +331,8 @@ class Store:
     def labeled_ids(self, method_id: str) -> dict[str, str]:
         """structure_id -> status of its latest label for ``method_id``."""
         with self._table("labels") as table:
-            mids, status = table.ids("method_id"), table.text("status")
-            return {
-                sid: status[row]
-                for row, sid in enumerate(table.ids("structure_id"))
-                if mids[row] == method_id
-            }
+            status = table.text("status")
+            return {sid: status[row] for sid, row in _latest_rows(table, method_id).items()}
 
     # -- selections --------------------------------------------------------------------------
     def add_selection(self, selection: Selection) -> None:
@@ -414,6 +405,18 @@ class Store:
     def info(self) -> dict[str, Any]:
         with self._read() as f:
             return {key: _plain(value) for key, value in f.attrs.items()}
+
+
+def _latest_rows(table: TableView, method_id: str) -> dict[str, int]:
+    """structure_id -> row of its latest label for ``method_id``, in order of those rows."""
+    latest: dict[str, int] = {}
+    for row, (sid, mid) in enumerate(
+        zip(table.ids("structure_id"), table.ids("method_id"), strict=True)
+    ):
+        if mid == method_id:
+            latest.pop(sid, None)  # re-inserted: the order follows the latest row
+            latest[sid] = row
+    return latest
 
 
 def _rows_of(all_ids: Sequence[str], ids: Sequence[str] | None) -> list[int]:

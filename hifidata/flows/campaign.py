@@ -183,13 +183,14 @@ def _featurize(ids: list[str], spec: Spec, store: Store, known: dict[str, np.nda
         return
     bar = reporter()
     bar.start("features", f"select: {spec.select.features} features", len(ids))
-    chunks = [ids[i : i + FEATURE_CHUNK] for i in range(0, len(ids), FEATURE_CHUNK)]
+    structures = store.structures(ids)  # one read of the table, then chunks
+    chunks = range(0, len(ids), FEATURE_CHUNK)
     with _threads(1):
         futures = {
             tasks.structure_features.submit(
-                store.structures(chunk), spec.select.features, spec.select.batch_size
-            ): chunk
-            for chunk in chunks
+                structures[i : i + FEATURE_CHUNK], spec.select.features, spec.select.batch_size
+            ): ids[i : i + FEATURE_CHUNK]
+            for i in chunks
         }
         for future in as_completed(futures):
             known.update(zip(futures[future], future.result(), strict=True))
