@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install engines demo demo-silicon test lint clean
 
 install: $(STAMP)
 
@@ -19,11 +19,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# CP2K and Quantum ESPRESSO are programs, not Python packages: Debian's packages where we may
+# install them, else a clear message (on a cluster, set HIFIDATA_CP2K_COMMAND / HIFIDATA_PW_COMMAND).
+engines:
+	@if command -v cp2k >/dev/null && command -v pw.x >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cp2k quantum-espresso >/dev/null; \
+	else echo "make: CP2K and Quantum ESPRESSO are missing: sudo apt-get install cp2k quantum-espresso (docs/install.md)"; exit 1; fi
+
 demo: $(STAMP)
 	test -f $(DEMO_DIR)/water-dimer.yaml || $(BIN)/hifidata init $(DEMO_DIR) --example water-dimer
 	$(BIN)/hifidata run $(DEMO_DIR)/water-dimer.yaml
 
-test: $(STAMP)
+demo-silicon: $(STAMP) engines
+	test -f $(DEMO_DIR)/silicon.yaml || $(BIN)/hifidata init $(DEMO_DIR) --example silicon
+	$(BIN)/hifidata run $(DEMO_DIR)/silicon.yaml
+
+test: $(STAMP) engines
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

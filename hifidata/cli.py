@@ -27,7 +27,10 @@ from rich.table import Table
 from hifidata import __version__
 from hifidata.errors import HifidataError
 
-EXAMPLES = {"water-dimer": ("water-dimer.yaml", "water-dimer.xyz")}
+EXAMPLES = {
+    "water-dimer": ("water-dimer.yaml", "water-dimer.xyz"),
+    "silicon": ("silicon.yaml", "silicon.xyz"),
+}
 
 app = typer.Typer(
     name="hifidata",
@@ -87,7 +90,7 @@ def init(
 def run(
     spec: Path = typer.Argument(..., help="The campaign spec (YAML)."),
     until: str = typer.Option("release", help="Last stage to run: explore, select, label, "
-                              "train, evaluate, deploy or release."),
+                              "audit, train, evaluate, deploy or release."),
     iterations: int = typer.Option(1, help="Campaign iterations (only 1 is supported yet)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
 ) -> None:
@@ -120,6 +123,41 @@ def status(
         out.print_json(to_json(summary))
     else:
         print_summary(summary)
+
+
+@app.command()
+def audit(
+    store: Path = typer.Argument(..., help="The campaign store (.h5)."),
+    methods: tuple[str, str] = typer.Option(..., "--methods",
+                                            help="Two rungs: the reference A, then B."),
+    count: int = typer.Option(None, help="Audit a stratified subset of this many of A's "
+                              "structures, labeling those B lacks (default: only the pairs "
+                              "the store holds)."),
+    workers: int = typer.Option(2, help="Labels at a time."),
+    seed: int = typer.Option(0, help="Seed of the stratified pick."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """How two methods disagree on the same configurations: forces, relative energies, stress."""
+    _quiet_prefect(verbose)
+    from hifidata.flows.audit import run_audit
+    from hifidata.flows.progress import reporting
+
+    with RichReporter(console) as bars, reporting(bars):
+        summary = run_audit(store, methods, count=count, seed=seed, workers=workers)
+    forces = summary["forces_eV_per_A"]
+    table = Table(title=f"{methods[1]} against {methods[0]}: {summary['structures']} structures",
+                  title_justify="left")
+    for column in ("element", "force MAE meV/Å", "force RMSE meV/Å", "max meV/Å"):
+        table.add_column(column, justify="left" if column == "element" else "right")
+    for element, f in forces.items():
+        table.add_row(element, f"{f['mae'] * 1000:.1f}", f"{f['rmse'] * 1000:.1f}",
+                      f"{f['max'] * 1000:.1f}")
+    out.print(table)
+    energy, stress = summary["energy"], summary["stress_GPa"]
+    out.print(f"relative energy: MAE {energy['relative_mae_meV_per_atom']:.2f} meV/atom, "
+              f"RMSE {energy['relative_rmse_meV_per_atom']:.2f} meV/atom"
+              + (f"; stress MAE {stress['mae']:.3f} GPa" if stress else ""))
+    out.print(f"report: {summary['report']}")
 
 
 @app.command()
@@ -211,7 +249,9 @@ def print_summary(status: dict) -> None:
     for name, s in stages["label"].items():
         failed = sum(s["failed"].values())
         mean = f", {s['mean_wall_time_s']:.1f} s each" if s["mean_wall_time_s"] else ""
-        table.add_row("label", f"{name}: ok / failed / pending{mean}",
+        rescued = sum(s.get("rescued", {}).values())
+        rescued_text = f", {rescued} rescued" if rescued else ""
+        table.add_row("label", f"{name}: ok / failed / pending{mean}{rescued_text}",
                       f"{s['ok']} / {failed} / {s['pending']}")
     for name, model in stages["train"].items():
         if model.get("recipe") == "composite":
@@ -243,9 +283,23 @@ def print_summary(status: dict) -> None:
     if status.get("timings_s"):
         out.print("wall time per stage (this run): " + ", ".join(
             f"{stage} {seconds:.0f} s" for stage, seconds in status["timings_s"].items()))
+    for key, audit in stages.get("audit", {}).items():
+        if audit.get("force_mae_eV_per_A") is not None:
+            out.print(f"audit {key}: {audit['structures']} structures, force MAE "
+                      f"{audit['force_mae_eV_per_A'] * 1000:.1f} meV/Å, relative energy MAE "
+                      f"{audit['relative_energy_mae_meV_per_atom']:.2f} meV/atom: "
+                      f"{audit['report']}")
     if status["failures_total"]:
-        out.print(f"{status['failures_total']} label(s) quarantined; see "
-                  "`hifidata status STORE --json`")
+        quarantined = Table(title=f"quarantined labels ({status['failures_total']})",
+                            title_justify="left")
+        for column in ("rung", "structure", "class", "rescues tried", "message"):
+            quarantined.add_column(column, overflow="fold")
+        for f in status["failures"]:
+            quarantined.add_row(f["rung"], f["structure_id"][:12], f["status"],
+                                "; ".join(f.get("rescues_tried", [])) or "-", f["message"][:120])
+        out.print(quarantined)
+        if status["failures_total"] > len(status["failures"]):
+            out.print("(all of them: `hifidata status STORE --json`)")
 
 
 def _quiet_prefect(verbose: bool) -> None:

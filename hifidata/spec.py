@@ -20,7 +20,7 @@ from hifidata.calculators.base import InvalidStructure, Method, engine_module
 from hifidata.errors import SpecError
 from hifidata.structures import StructureError, check_structure, with_charge_and_spin
 
-STAGES = ("explore", "select", "label", "train", "evaluate", "deploy", "release")
+STAGES = ("explore", "select", "label", "audit", "train", "evaluate", "deploy", "release")
 
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -48,17 +48,45 @@ class MDProtocol(_Strict):
     seeds: list[int] = Field(default=[0], min_length=1)
 
 
+#: what a derived protocol may start from: the seeds, MD frames, or another protocol's output
+Parents = list[Literal["seed", "md", "rattle", "strain", "vacancy"]]
+
+
 class RattleProtocol(_Strict):
-    """Gaussian displacements of the seeds and of MD snapshots."""
+    """Gaussian displacements of the seeds and of MD snapshots (or of ``parents``)."""
 
     kind: Literal["rattle"]
     count: PositiveInt
     stdev: Positive = 0.05  # Å
     seed: int = 0
     min_bond_ratio: Annotated[float, Field(ge=0, lt=2)] = 0.8  # × covalent bond length
+    parents: Parents = Field(default=["seed", "md"], min_length=1)
 
 
-Protocol = Annotated[MDProtocol | RattleProtocol, Field(discriminator="kind")]
+class StrainProtocol(_Strict):
+    """Homogeneous strains of periodic parents, each Voigt component within ±max_strain."""
+
+    kind: Literal["strain"]
+    count: PositiveInt
+    max_strain: Annotated[float, Field(gt=0, lt=0.5)] = 0.03
+    shear: bool = True
+    seed: int = 0
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+class VacancyProtocol(_Strict):
+    """Single vacancies at symmetry-distinct sites of periodic parents."""
+
+    kind: Literal["vacancy"]
+    count: PositiveInt
+    seed: int = 0
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+Protocol = Annotated[
+    MDProtocol | RattleProtocol | StrainProtocol | VacancyProtocol, Field(discriminator="kind")
+]
+DerivedProtocol = RattleProtocol | StrainProtocol | VacancyProtocol
 
 
 class Explore(_Strict):
@@ -81,14 +109,32 @@ class Pick(_Strict):
 
 class Rung(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    engine: str = "pyscf"
+    engine: Literal["pyscf", "cp2k", "espresso"] = "pyscf"
     method: dict
     select: Pick
-    threads: PositiveInt = 1  # per label
+    threads: PositiveInt = 1  # OpenMP threads per label (per MPI rank)
+    ranks: PositiveInt = 1  # MPI ranks per label (engines that run a program: cp2k, espresso)
+    #: folder that relative paths in ``method`` (e.g. espresso's pseudo_dir) are relative to
+    base_dir: Path = Field(default=Path("."), exclude=True)
 
     @cached_property
     def resolved(self) -> Method:
-        return Method.resolve(self.engine, self.method, name=self.name)
+        paths = getattr(engine_module(self.engine), "PATH_SETTINGS", ())
+        method = {
+            key: str((self.base_dir / value).resolve())
+            if key in paths and isinstance(value, str) else value
+            for key, value in self.method.items()
+        }
+        return Method.resolve(self.engine, method, name=self.name)
+
+
+class Audit(_Strict):
+    """Compare rung ``methods[1]`` against ``methods[0]`` on the structures both labeled (or on a
+    stratified ``count`` of the first's, labeling the missing ones with the second)."""
+
+    methods: list[str] = Field(min_length=2, max_length=2)
+    count: PositiveInt | None = None
+    seed: int = 0
 
 
 class Select(_Strict):
@@ -152,7 +198,8 @@ class Spec(_Strict):
     explore: Explore
     select: Select = Select()
     ladder: list[Rung] = Field(min_length=1)
-    train: Train
+    audit: list[Audit] = []
+    train: Train | None = None  # without it the campaign stops at its dataset (no model)
     deploy: Deploy = Deploy()
     release: Release = Release()
     execution: Execution = Execution()
@@ -161,6 +208,16 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Spec:
+        available = {"seed", "md"}
+        for i, protocol in enumerate(self.explore.protocols):
+            if not isinstance(protocol, MDProtocol):
+                missing = [p for p in protocol.parents if p not in available]
+                if missing:
+                    raise ValueError(
+                        f"explore.protocols[{i}].parents: {missing[0]!r} comes later in the list "
+                        f"or not at all (available here: {sorted(available)})"
+                    )
+            available.add(protocol.kind)
         names = [rung.name for rung in self.ladder]
         if len(set(names)) != len(names):
             raise ValueError(f"ladder: rung names must be unique, got {names}")
@@ -170,6 +227,14 @@ class Spec(_Strict):
                 raise ValueError(
                     f"ladder[{i}].select.from: {rung.select.source!r} is not one of {allowed}"
                 )
+        for i, audit in enumerate(self.audit):
+            for name in audit.methods:
+                if name not in names:
+                    raise ValueError(f"audit[{i}].methods: no rung named {name!r} (rungs: {names})")
+            if audit.methods[0] == audit.methods[1]:
+                raise ValueError(f"audit[{i}].methods: give two different rungs")
+        if self.train is None:
+            return self
         rungs = {"finetune.rung": self.train.finetune.rung}
         if self.train.delta:
             rungs.update({"delta.low": self.train.delta.low, "delta.high": self.train.delta.high})
@@ -227,8 +292,12 @@ def load_spec(path: str | Path, check_inputs: bool = True) -> Spec:
         raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping")
+    base_dir = path.parent.resolve()
+    if isinstance(raw.get("ladder"), list):  # each rung resolves its paths from the spec's folder
+        raw["ladder"] = [{**r, "base_dir": base_dir} if isinstance(r, dict) else r
+                         for r in raw["ladder"]]
     try:
-        spec = Spec.model_validate({**raw, "base_dir": path.parent.resolve()})
+        spec = Spec.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as error:
         raise SpecError(f"{path}: {_first_error(error)}") from None
     if check_inputs:

@@ -14,7 +14,7 @@ from hifidata.deploy.md import (
     md_summary,
     temperature_runaway,
 )
-from hifidata.sampling.explore import md_trajectory, rattle
+from hifidata.sampling.explore import md_trajectory, rattle, strain, vacancies
 from hifidata.structures import structure_id, tightest_pair
 
 
@@ -29,6 +29,52 @@ def test_rattles_are_seeded_bounded_and_remember_their_parent(water_dimer):
     assert displacement.std() == pytest.approx(0.1, rel=0.25)  # σ survives the redraws
     assert {o["parent"] for o in first.origins} == {structure_id(water_dimer)}
     assert first.structures[0].info == {"charge": 0, "spin": 1}
+
+
+def silicon(repeat: int = 1):
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(repeat)
+    atoms.info = {"charge": 0, "spin": 1}
+    return atoms
+
+
+def test_strains_move_atoms_with_the_cell_within_the_bound():
+    parent = silicon()
+    out = strain([parent], 20, max_strain=0.05, seed=4)
+    assert len(out) == 20 and out.origins[0]["protocol"] == "strain"
+    for atoms, origin in zip(out.structures, out.origins, strict=True):
+        xx, yy, zz, yz, xz, xy = origin["strain_voigt"]
+        epsilon = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        assert np.abs(epsilon).max() <= 0.05
+        np.testing.assert_allclose(atoms.cell.array, parent.cell.array @ (np.eye(3) + epsilon),
+                                   atol=1e-5)  # the origin rounds ε to 1e-6
+        np.testing.assert_allclose(atoms.get_scaled_positions(), parent.get_scaled_positions(),
+                                   atol=1e-12)
+    volumes = [a.get_volume() / parent.get_volume() for a in out.structures]
+    assert min(volumes) < 0.99 and max(volumes) > 1.01  # both compressed and stretched
+    without_shear = strain([parent], 5, shear=False, seed=4)
+    assert all(np.allclose(o["strain_voigt"][3:], 0) for o in without_shear.origins)
+    with pytest.raises(ValueError, match="periodic"):
+        strain([_molecule()], 1)
+
+
+def _molecule():
+    from ase.build import molecule
+
+    return molecule("H2O")
+
+
+def test_vacancies_are_one_per_symmetry_distinct_site():
+    crystal, big = silicon(), silicon(2)
+    out = vacancies([crystal, big], 10, seed=0)
+    # diamond Si has one Wyckoff orbit: one vacancy per parent, however many atoms it has
+    assert sorted(len(a) for a in out.structures) == [7, 63]
+    assert {o["removed"] for o in out.origins} == {"Si"}
+    assert all(a.info == {"charge": 0, "spin": 1} for a in out.structures)
+    snapshot = crystal.copy()
+    snapshot.positions[0] += [0.1, 0.0, 0.05]  # broken symmetry: sites become distinct
+    assert len(vacancies([snapshot], 10, seed=0)) > 1
 
 
 def test_a_rattle_that_always_overlaps_is_an_error(water_dimer):

@@ -12,7 +12,7 @@ from ase.units import Bohr, Hartree
 from pyscf import cc, dft, gto, lib, scf
 
 from hifidata.calculators import pyscf as engine
-from hifidata.calculators.base import InvalidStructure, Method, label
+from hifidata.calculators.base import InvalidStructure, Method, Run, label
 from hifidata.structures import with_charge_and_spin
 
 # Tight SCF so that finite differences of energies resolve 1e-6 eV/Å.
@@ -48,7 +48,7 @@ def amidogen() -> Atoms:
 
 
 def energy(atoms: Atoms, params: dict) -> float:
-    return engine.compute(atoms, engine.resolve(params), threads=1).energy
+    return engine.compute(atoms, engine.resolve(params), Run()).energy
 
 
 def finite_difference_force(atoms: Atoms, params: dict, index: int, axis: int) -> float:
@@ -87,7 +87,7 @@ FORCE_TOLERANCE = 2e-5
 )
 def test_forces_equal_finite_differences_of_energies(rung, components):
     atoms = water()
-    forces = engine.compute(atoms, engine.resolve(rung), threads=1).forces
+    forces = engine.compute(atoms, engine.resolve(rung), Run()).forces
     for index, axis in components:
         expected = finite_difference_force(atoms, rung, index, axis)
         assert forces[index, axis] == pytest.approx(expected, abs=FORCE_TOLERANCE), (index, axis)
@@ -124,7 +124,7 @@ def test_ccsd_t_energy_and_gradient_equal_psi4_reference():
     assert by_hand.energy_nuc() == pytest.approx(PSI4_CC13B_NUCLEAR_REPULSION, abs=1e-9)
 
     params = {"theory": "ccsd(t)", "basis": "6-31g", "frozen_core": False, "conv_tol": 1e-11}
-    result = engine.compute(atoms, engine.resolve(params), threads=1)
+    result = engine.compute(atoms, engine.resolve(params), Run())
     # observed: 4e-12 Ha and 8e-8 Ha/Bohr (Psi4's own finite differences, given to 1e-8)
     assert result.energy / Hartree == pytest.approx(PSI4_CC13B_CCSD_T_ENERGY, abs=1e-7)
     gradient = -result.forces / (Hartree / Bohr)
@@ -205,7 +205,7 @@ def test_open_shell_dft_label_of_the_hydroxyl_radical():
 )
 def test_open_shell_force_equals_finite_difference(params):
     atoms = amidogen()
-    result = engine.compute(atoms, engine.resolve(params), threads=1)
+    result = engine.compute(atoms, engine.resolve(params), Run())
     assert result.info["reference"] == "uhf"
     expected = finite_difference_force(atoms, params, 1, 1)
     assert result.forces[1, 1] == pytest.approx(expected, abs=FORCE_TOLERANCE)
@@ -284,13 +284,15 @@ def test_resolve_rejects_bad_params_naming_the_key(params, key):
 
 def test_compute_accepts_rescue_settings_that_resolve_leaves_out():
     params = engine.resolve({"theory": "hf", "basis": "6-31g"})
-    ladder = engine.rescues(params)
-    assert [set(step) - set(params) for step in ladder] == [{"level_shift", "damp"},
-                                                           {"second_order"}]
-    assert all(step["max_cycle"] >= 300 for step in ladder)
-    plain = engine.compute(water(), params, threads=1).energy
-    for step in ladder:
-        assert engine.compute(water(), step, threads=1).energy == pytest.approx(plain, abs=1e-6)
+    ladder = engine.rescues(params, "scf_not_converged")
+    assert [set(step) for step in ladder] == [{"max_cycle", "level_shift", "damp"},
+                                              {"second_order", "level_shift", "damp"}]
+    assert ladder[0]["max_cycle"] >= 300
+    plain = engine.compute(water(), params, Run()).energy
+    step = dict(params)
+    for change in ladder:  # cumulative, as base.label applies them
+        step.update(change)
+        assert engine.compute(water(), step, Run()).energy == pytest.approx(plain, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ rescue, threads
@@ -309,7 +311,7 @@ def test_scf_rescue_turns_a_non_converging_label_into_ok():
 
 
 def test_a_label_whose_every_attempt_fails_ends_scf_not_converged(monkeypatch):
-    monkeypatch.setattr(engine, "rescues", lambda params: [])  # fault injection: no ladder
+    monkeypatch.setattr(engine, "rescues", lambda params, failure: [])  # fault injection: no ladder
     method = Method.resolve("pyscf", {"theory": "hf", "basis": "6-31g", "max_cycle": 1})
     result = label(water(), method)
     assert result.status == "scf_not_converged"
@@ -317,10 +319,30 @@ def test_a_label_whose_every_attempt_fails_ends_scf_not_converged(monkeypatch):
     assert [a["failure"] for a in result.provenance["attempts"]] == ["scf_not_converged"]
 
 
+def test_a_time_limit_stops_the_label_as_a_timeout_and_the_ladder_doubles_it():
+    method = Method.resolve("pyscf", {"theory": "ccsd", "basis": "6-31g", "time_limit": 1e-3})
+    result = label(water(), method)
+    assert result.status == "timeout" and "time limit" in result.message
+    assert np.isnan(result.energy) and result.forces is None  # no number from a stopped run
+    _, second = result.provenance["attempts"]
+    assert second["changed"] == {"time_limit": 2e-3, "restart_wavefunction": True}
+    untimed = Method.resolve("pyscf", {"theory": "ccsd", "basis": "6-31g"})
+    assert method.method_id == untimed.method_id
+
+
+def test_a_restart_starts_from_the_orbitals_the_previous_attempt_saved(tmp_path):
+    params = engine.resolve({"theory": "hf", "basis": "6-31g"})
+    first = engine.compute(water(), params, Run(workdir=tmp_path))
+    again = engine.compute(water(), {**params, "restart_wavefunction": True}, Run(workdir=tmp_path))
+    assert again.info["restarted"] and not first.info["restarted"]
+    assert again.info["scf_iterations"] <= 2 < first.info["scf_iterations"]
+    assert again.energy == pytest.approx(first.energy, abs=1e-7)
+
+
 def test_thread_count_is_per_thread_and_restored():
     """compute sets OpenMP threads for its own thread only and restores them afterwards."""
     before = lib.num_threads()
-    engine.compute(water(), engine.resolve({"theory": "hf", "basis": "sto-3g"}), threads=1)
+    engine.compute(water(), engine.resolve({"theory": "hf", "basis": "sto-3g"}), Run())
     assert lib.num_threads() == before
 
     seen: dict[str, int] = {}

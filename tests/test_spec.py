@@ -65,6 +65,18 @@ BAD_INPUTS = {
     "spin that does not fit": (
         lambda s: s["seeds"][0].update(spin=2), None,
         r"charge 0 and spin multiplicity 2 do not fit 20 electrons"),
+    "audit of a rung that does not exist": (
+        lambda s: s.update(audit=[{"methods": ["dft", "pbe-qe"]}]), None,
+        r"audit\[0\]\.methods: no rung named 'pbe-qe'"),
+    "rattle of strains before any strain": (
+        lambda s: s["explore"]["protocols"][1].update(parents=["strain"]), None,
+        r"explore\.protocols\[1\]\.parents: 'strain' comes later in the list or not at all"),
+    "unknown engine": (
+        lambda s: s["ladder"][0].update(engine="vasp"), None,
+        r"ladder\[0\]\.engine: Input should be 'pyscf', 'cp2k' or 'espresso'"),
+    "a time limit that is not a number": (
+        lambda s: s["ladder"][0]["method"].update(time_limit="an hour"), None,
+        r"ladder\[0\]\.method: time_limit must be a positive number of seconds"),
     "rung picked from a later rung": (
         lambda s: s["ladder"][0]["select"].update({"from": "ccsdt"}), None,
         r"ladder\[0\]\.select\.from: 'ccsdt' is not one of \['candidates'\]"),
@@ -127,7 +139,7 @@ def test_the_example_spec_loads():
 
 def test_every_command_has_help():
     for command in ["--help", "init --help", "run --help", "status --help", "predict --help",
-                    "export --help"]:
+                    "export --help", "audit --help"]:
         result = hifidata(*command.split())
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

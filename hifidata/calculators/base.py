@@ -3,7 +3,12 @@
 A :class:`Method` is one rung of the fidelity ladder: an engine and every setting that changes
 the number. :func:`label` turns (structure, method) into a :class:`Label` (energy in eV, forces
 in eV/Å, stress in eV/Å³) or a failed Label with one of the failure classes. An engine is a
-module with four functions (see :class:`Engine`); this module never imports one until asked.
+module with five functions (see :class:`Engine`); this module never imports one until asked.
+
+Every attempt of one label runs in a private scratch folder that lives as long as the label, so a
+rescue step can restart from the files the failed attempt left (wavefunctions, charge densities).
+Run settings common to all engines are resolved here: ``time_limit`` (seconds of wall time per
+attempt; the rescue ladder may lengthen it).
 """
 
 from __future__ import annotations
@@ -11,11 +16,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
+import os
 import platform
+import shutil
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,6 +84,21 @@ class EngineResult:
     info: dict[str, Any] = field(default_factory=dict)  # SCF iterations, timings, ...
 
 
+@dataclass(frozen=True)
+class Run:
+    """How one attempt runs (never part of the number): resources and its scratch folder."""
+
+    threads: int = 1  # OpenMP threads per MPI rank
+    ranks: int = 1  # MPI ranks (engines that run a program; in-process engines ignore it)
+    workdir: Path | None = None  # private to one label, kept across its attempts
+
+    def folder(self) -> Path:
+        """The scratch folder, made on first use (a temporary one when none was given)."""
+        path = self.workdir or Path(tempfile.mkdtemp(prefix="hifidata-"))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
 class Engine(Protocol):
     """What an engine module provides (``hifidata.calculators.<engine>``)."""
 
@@ -82,11 +108,15 @@ class Engine(Protocol):
     def check(self, atoms: Atoms, params: Mapping[str, Any]) -> None:
         """Raise InvalidStructure for input this engine cannot take (e.g. element not in basis)."""
 
-    def compute(self, atoms: Atoms, params: Mapping[str, Any], threads: int) -> EngineResult:
+    def compute(self, atoms: Atoms, params: Mapping[str, Any], run: Run) -> EngineResult:
         """Run the engine; raise a LabelError subclass on a classified failure."""
 
-    def rescues(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Escalated settings to try, in order, after a transient failure."""
+    def rescues(self, params: Mapping[str, Any], failure_class: str) -> list[dict[str, Any]]:
+        """The rescue ladder for one failure class: changes to ``params``, tried in order.
+
+        Steps are cumulative (step 2 runs with the changes of step 1 too) and never change the
+        number a converged run gives, only how it gets there (so they are not identity).
+        """
 
     def version(self) -> str: ...
 
@@ -94,7 +124,15 @@ class Engine(Protocol):
     RUN_SETTINGS: tuple[str, ...]
 
 
-ENGINES = {"pyscf": "hifidata.calculators.pyscf"}
+ENGINES = {
+    "pyscf": "hifidata.calculators.pyscf",
+    "cp2k": "hifidata.calculators.cp2k",
+    "espresso": "hifidata.calculators.espresso",
+}
+#: Run settings every engine takes; base resolves them, engines read them from ``params``.
+COMMON_RUN_SETTINGS = ("time_limit",)
+#: attempts per label at most, whatever the ladders hold
+MAX_ATTEMPTS = 6
 
 
 def engine_module(name: str) -> Engine:
@@ -114,11 +152,15 @@ class Method:
     @classmethod
     def resolve(cls, engine: str, params: Mapping[str, Any], name: str = "") -> Method:
         """A Method with every engine default made explicit (raises ValueError on bad params)."""
-        return cls(engine=engine, params=engine_module(engine).resolve(params), name=name)
+        own = {k: v for k, v in params.items() if k not in COMMON_RUN_SETTINGS}
+        resolved = engine_module(engine).resolve(own)
+        resolved["time_limit"] = _time_limit(params.get("time_limit"))
+        return cls(engine=engine, params=resolved, name=name)
 
     def canonical(self) -> dict[str, Any]:
         """Everything that changes the number: the identity behind ``method_id``."""
-        run_only = getattr(engine_module(self.engine), "RUN_SETTINGS", ())
+        run_only = (*getattr(engine_module(self.engine), "RUN_SETTINGS", ()),
+                    *COMMON_RUN_SETTINGS)
         return {
             "engine": self.engine,
             **{k: v for k, v in self.params.items() if k not in run_only},
@@ -162,13 +204,16 @@ def label(
     atoms: Atoms,
     method: Method,
     threads: int = 1,
-    compute: Callable[[Atoms, Mapping[str, Any], int], EngineResult] | None = None,
+    ranks: int = 1,
+    compute: Callable[[Atoms, Mapping[str, Any], Run], EngineResult] | None = None,
 ) -> Label:
     """Label one structure with one method, never raising for a classified failure.
 
-    Transient failures are retried with the engine's escalated settings; what still fails comes
-    back as a failed Label with its class and message, so a campaign can quarantine it and go on.
-    ``compute`` replaces the engine's compute (used to inject faults in tests).
+    A transient failure climbs the engine's rescue ladder for its class (each step recorded in
+    the provenance); what still fails comes back as a failed Label with its class and message,
+    so a campaign can quarantine it and go on. The scratch folder (under ``$HIFIDATA_SCRATCH``
+    or the system's temporary folder) is removed when the label is done. ``compute`` replaces
+    the engine's compute (used to inject faults in tests).
     """
     engine = engine_module(method.engine)
     compute = compute or engine.compute
@@ -179,6 +224,7 @@ def label(
         "host": platform.node(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "threads": threads,
+        "ranks": ranks,
         "attempts": [],
     }
 
@@ -196,35 +242,74 @@ def label(
     except InvalidStructure as error:
         return failed(error)
 
-    attempts = [dict(method.params), *engine.rescues(method.params)]
-    for number, params in enumerate(attempts, start=1):
-        try:
-            result = compute(atoms, params, threads)
-        except MemoryError:
-            error: LabelError = OutOfMemory("the engine ran out of memory")
-        except LabelError as caught:
-            error = caught
-        except Exception as caught:  # an engine bug or an input it chokes on: don't retry
-            error = EngineCrashed(f"{type(caught).__name__}: {caught}")
-            error.transient = False
-        else:
-            provenance["input"] = params
-            provenance["report"] = result.info
-            return Label(
-                sid, method.method_id, "ok", energy=float(result.energy),
-                forces=np.asarray(result.forces, dtype=float),
-                stress=None if result.stress is None else np.asarray(result.stress, dtype=float),
-                wall_time=time.perf_counter() - start, provenance=provenance,
-            )
-        provenance["attempts"].append({
-            "failure": error.failure_class,
-            "message": _one_line(error),
-            "changed": {k: v for k, v in params.items() if method.params.get(k) != v},
-        })
-        if not error.transient or number == len(attempts):
-            provenance["input"] = params
-            return failed(error)
-    raise AssertionError("unreachable: the loop returns on its last attempt")
+    workdir = Path(tempfile.mkdtemp(prefix=f"label-{sid[:12]}-", dir=scratch_root()))
+    try:
+        params, climbed = dict(method.params), Counter()
+        for _ in range(MAX_ATTEMPTS):
+            outcome = _attempt(compute, atoms, params, Run(threads, ranks, workdir))
+            if isinstance(outcome, EngineResult):
+                provenance["input"] = params
+                provenance["report"] = outcome.info
+                return Label(
+                    sid, method.method_id, "ok", energy=float(outcome.energy),
+                    forces=np.asarray(outcome.forces, dtype=float),
+                    stress=None if outcome.stress is None else np.asarray(outcome.stress, float),
+                    wall_time=time.perf_counter() - start, provenance=provenance,
+                )
+            error = outcome
+            ladder = engine.rescues(method.params, error.failure_class) if error.transient else []
+            step = climbed[error.failure_class]
+            provenance["attempts"].append({
+                "failure": error.failure_class,
+                "message": _one_line(error),
+                "changed": {k: v for k, v in params.items() if method.params.get(k) != v},
+            })
+            if step >= len(ladder):
+                break
+            climbed[error.failure_class] += 1
+            params = {**params, **ladder[step]}
+        provenance["input"] = params
+        return failed(error)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _attempt(compute, atoms: Atoms, params: dict[str, Any], run: Run) -> EngineResult | LabelError:
+    """One engine call: its result, or the classified failure."""
+    try:
+        return compute(atoms, params, run)
+    except MemoryError:
+        return OutOfMemory("the engine ran out of memory")
+    except LabelError as caught:
+        return caught
+    except Exception as caught:  # an engine bug or an input it chokes on: don't retry
+        error = EngineCrashed(f"{type(caught).__name__}: {caught}")
+        error.transient = False
+        return error
+
+
+def scratch_root() -> str | None:
+    """Where labels run: ``$HIFIDATA_SCRATCH`` (node-local disk on clusters) or the default."""
+    root = os.environ.get("HIFIDATA_SCRATCH")
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    return root or None
+
+
+def longer_limit(params: Mapping[str, Any], factor: float = 2.0) -> dict[str, Any]:
+    """The rescue step every ladder shares for timeouts: ``factor`` × the time limit."""
+    limit = params.get("time_limit")
+    return {} if limit is None else {"time_limit": float(limit) * factor}
+
+
+def _time_limit(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"time_limit must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _one_line(error: BaseException) -> str:

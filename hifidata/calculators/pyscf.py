@@ -18,12 +18,16 @@ A method's ``params`` (plain dict from the spec) map onto PySCF as follows (docs
 - all: ``density_fit`` and ``auxbasis`` (HF and DFT only: PySCF has no analytic DF-CC gradients),
   ``conv_tol`` (Hartree), ``max_cycle``, ``max_memory_mb``
 - rescue only (added by :func:`rescues`, never by :func:`resolve`): ``level_shift``, ``damp``,
-  ``second_order``
+  ``second_order``, ``restart_wavefunction`` (start the SCF from the orbitals the failed attempt
+  saved in the label's scratch folder)
+- ``time_limit`` (common to all engines): checked between SCF and CC iterations, so a label
+  stops within one iteration of its limit
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -39,7 +43,14 @@ from pyscf import cc, dft, gto, lib, mp, scf
 from pyscf.data.elements import chemcore
 from pyscf.lib.exceptions import BasisNotFoundError
 
-from hifidata.calculators.base import EngineResult, InvalidStructure, ScfNotConverged
+from hifidata.calculators.base import (
+    EngineResult,
+    InvalidStructure,
+    LabelTimeout,
+    Run,
+    ScfNotConverged,
+    longer_limit,
+)
 from hifidata.structures import charge_of, spin_of
 
 THEORIES = ("hf", "dft", "mp2", "ccsd", "ccsd(t)")
@@ -73,7 +84,7 @@ _BY_THEORY = {
     "ccsd(t)": ("frozen_core",),
 }
 #: Convergence aids: they change the SCF path, not the converged number, so they are not identity.
-RESCUE_KEYS = ("level_shift", "damp", "second_order")
+RESCUE_KEYS = ("level_shift", "damp", "second_order", "restart_wavefunction")
 #: Settings that change how the engine runs, not the number it converges to: they are kept with
 #: the method but are not part of its identity (raising the memory must not relabel a campaign).
 RUN_SETTINGS = ("max_cycle", "max_memory_mb")
@@ -265,7 +276,10 @@ def _positive_float(key: str, value: Any) -> float:
 def _settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """Resolved params plus the validated rescue keys (compute takes both)."""
     rescue = {key: params[key] for key in RESCUE_KEYS if key in params}
-    settings = resolve({key: value for key, value in params.items() if key not in RESCUE_KEYS})
+    own = {key: value for key, value in params.items() if key not in (*RESCUE_KEYS, "time_limit")}
+    settings = resolve(own)
+    settings["deadline"] = _Deadline(params.get("time_limit"))
+    settings["restart_wavefunction"] = bool(rescue.get("restart_wavefunction", False))
     if "level_shift" in rescue:
         settings["level_shift"] = _nonnegative_float("level_shift", rescue["level_shift"])
     if "damp" in rescue:
@@ -332,13 +346,14 @@ def _load_basis(basis: str, symbol: str) -> list:
 # ----------------------------------------------------------------------------------- compute
 
 
-def compute(atoms: Atoms, params: Mapping[str, Any], threads: int) -> EngineResult:
+def compute(atoms: Atoms, params: Mapping[str, Any], run: Run) -> EngineResult:
     """Energy (eV) and forces (eV/Å); raises ScfNotConverged when an iterative step fails."""
     settings = _settings(params)
+    settings["chkfile"] = str(run.folder() / "scf.chk")
     mol = _molecule(atoms, settings)
     # OpenMP's thread count is per calling thread, so two labels running in two threads of one
     # process each get their own; with_omp_threads restores this thread's count afterwards.
-    with lib.with_omp_threads(max(1, int(threads))):
+    with lib.with_omp_threads(max(1, int(run.threads))):
         if settings["theory"] in CORRELATED:
             energy, gradient, info = _correlated(mol, settings)
         else:
@@ -413,14 +428,28 @@ def _mean_field(mol: gto.Mole, settings: Mapping[str, Any]):
     return mf
 
 
+class _Deadline:
+    """The attempt's wall-time limit, checked from PySCF's per-iteration callbacks."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.end = math.inf if limit is None else time.monotonic() + limit
+
+    def check(self, where: str) -> None:
+        if time.monotonic() > self.end:
+            raise LabelTimeout(f"pyscf ran past its time limit of {self.limit:g} s ({where})")
+
+
 class _ScfMonitor:
     """Counts SCF iterations and keeps the last energy (second-order SCF sets no ``cycles``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: _Deadline) -> None:
         self.iterations = 0
         self.last_energy = math.nan
+        self.deadline = deadline
 
     def __call__(self, env: dict[str, Any]) -> None:
+        self.deadline.check(f"SCF iteration {self.iterations}")
         cycle = env.get("cycle", env.get("imacro"))
         if cycle is not None:
             self.iterations = max(self.iterations, int(cycle) + 1)
@@ -430,10 +459,13 @@ class _ScfMonitor:
 
 def _run_scf(mol: gto.Mole, settings: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     mf = _mean_field(mol, settings)
-    monitor = _ScfMonitor()
+    monitor = _ScfMonitor(settings["deadline"])
     mf.callback = monitor
+    restart = settings["restart_wavefunction"] and os.path.exists(settings["chkfile"])
+    guess = mf.from_chk(settings["chkfile"]) if restart else None
+    mf.chkfile = settings["chkfile"]  # orbitals saved every iteration, for a restart
     start = time.perf_counter()
-    mf.kernel()
+    mf.kernel(guess)
     wall = time.perf_counter() - start
     if not mf.converged:
         raise ScfNotConverged(
@@ -446,6 +478,7 @@ def _run_scf(mol: gto.Mole, settings: Mapping[str, Any]) -> tuple[Any, dict[str,
         "scf_method": type(mf).__name__,
         "reference": "rhf" if _restricted(mol, settings) else "uhf",
         "wall_scf_s": wall,
+        "restarted": bool(restart),
     }
     if not _restricted(mol, settings):
         info["spin_square"] = float(mf.spin_square()[0])  # <S^2>: spin contamination
@@ -510,6 +543,7 @@ def _coupled_cluster(mf, frozen: int | None, settings: Mapping[str, Any]):
     # amplitude residual: 1e-5 (PySCF's default) moves forces by < 1e-7 Ha/Bohr; tighter with
     # a tighter conv_tol. The lambda equations use the same threshold.
     solver.conv_tol_normt = min(1e-5, math.sqrt(settings["conv_tol"]) / 10)
+    solver.callback = lambda env: settings["deadline"].check(f"CC iteration {env.get('istep')}")
     solver.kernel()
     if not solver.converged:
         raise ScfNotConverged(
@@ -521,6 +555,7 @@ def _coupled_cluster(mf, frozen: int | None, settings: Mapping[str, Any]):
 
 def _ccsd(mf, frozen: int | None, settings: Mapping[str, Any]):
     (solver, wall) = _timed(lambda: _coupled_cluster(mf, frozen, settings))
+    settings["deadline"].check("after CCSD")
     _, wall_lambda = _timed(solver.solve_lambda)
     if not solver.converged_lambda:
         raise ScfNotConverged(
@@ -549,6 +584,7 @@ def _ccsd_t(mf, frozen: int | None, settings: Mapping[str, Any]):
     start = time.perf_counter()
     eris = solver.ao2mo()
     e_triples = float(solver.ccsd_t(eris=eris))
+    settings["deadline"].check("after (T)")
     converged, l1, l2 = ccsd_t_lambda.kernel(
         solver, eris, solver.t1, solver.t2, max_cycle=settings["max_cycle"],
         tol=solver.conv_tol_normt, verbose=0,
@@ -573,17 +609,26 @@ def _ccsd_t(mf, frozen: int | None, settings: Mapping[str, Any]):
 # ----------------------------------------------------------------------------- rescues, version
 
 
-def rescues(params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Escalated retries after scf_not_converged: level shift + damping, then second-order SCF.
+def rescues(params: Mapping[str, Any], failure_class: str) -> list[dict[str, Any]]:
+    """The rescue ladder of one failure class, as changes to ``params`` (base applies them).
 
-    Both raise max_cycle to at least 300, which also gives CCSD and its lambda equations more
-    iterations when those were what failed.
+    scf_not_converged: level shift + damping, then second-order SCF, both with max_cycle at
+    least 300 (which also gives CCSD and its lambda equations more iterations). timeout: twice
+    the limit, starting from the orbitals the timed-out attempt saved. out_of_memory: a quarter
+    of the memory budget, which sends PySCF's integral transformations to disk.
     """
     max_cycle = max(_RESCUE_MAX_CYCLE, int(params.get("max_cycle", DEFAULTS["max_cycle"])))
-    return [
-        {**params, "max_cycle": max_cycle, "level_shift": 0.25, "damp": 0.5},
-        {**params, "max_cycle": max_cycle, "second_order": True},
-    ]
+    if failure_class == "scf_not_converged":
+        return [
+            {"max_cycle": max_cycle, "level_shift": 0.25, "damp": 0.5},
+            {"second_order": True, "level_shift": 0.0, "damp": 0.0},
+        ]
+    if failure_class == "timeout" and params.get("time_limit"):
+        return [{**longer_limit(params), "restart_wavefunction": True}]
+    if failure_class == "out_of_memory":
+        memory = int(params.get("max_memory_mb", DEFAULTS["max_memory_mb"]))
+        return [{"max_memory_mb": max(100, memory // 4)}] if memory > 100 else []
+    return []
 
 
 def version() -> str:

@@ -37,6 +37,7 @@ def campaign_status(store: Store) -> dict[str, Any]:
                 for name, s in ((n, store.selection(n)) for n in store.selection_names())
             },
             "label": labels,
+            "audit": {key: _audit(store, record) for key, record in store.records("audit").items()},
             "train": {name: {k: v for k, v in m.items() if k != "fingerprint"}
                       for name, m in models.items()},
             "evaluate": (store.record("evaluation", "campaign") or {}).get("metrics", []),
@@ -60,6 +61,7 @@ def _labels(store: Store) -> tuple[dict[str, Any], list[dict[str, str]]]:
         labels = store.labels(method["method_id"])
         ok = [s == "ok" for s in labels.status]
         wall = np.asarray(labels.wall_time)
+        attempts = [json.loads(p or "{}").get("attempts", []) for p in labels.provenance]
         pending = selected.get(name, set()) - set(labels.structure_ids)
         out[name] = {
             "method_id": method["method_id"],
@@ -67,17 +69,40 @@ def _labels(store: Store) -> tuple[dict[str, Any], list[dict[str, str]]]:
             "selected": len(selected.get(name, ())),
             "ok": int(sum(ok)),
             "failed": dict(Counter(s for s in labels.status if s != "ok")),
+            # ok labels that needed the rescue ladder, by the failure that started it
+            "rescued": dict(Counter(tried[0]["failure"] for tried, good in zip(attempts, ok,
+                                                                              strict=True)
+                                    if good and tried)),
             "pending": len(pending),
             "wall_time_s": float(wall.sum()),
             "mean_wall_time_s": float(wall[ok].mean()) if any(ok) else None,
         }
         failures += [
-            {"rung": name, "structure_id": sid, "status": status, "message": message}
-            for sid, status, message in zip(labels.structure_ids, labels.status, labels.message,
-                                            strict=True)
+            {"rung": name, "structure_id": sid, "status": status, "message": message,
+             "rescues_tried": [_step(a) for a in tried[1:]] if len(tried) > 1 else []}
+            for sid, status, message, tried in zip(labels.structure_ids, labels.status,
+                                                   labels.message, attempts, strict=True)
             if status != "ok"
         ]
     return out, failures
+
+
+def _step(attempt: dict[str, Any]) -> str:
+    """One rescue attempt, e.g. 'max_scf=100, restart_wavefunction=True'."""
+    changed = attempt.get("changed") or {}
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "plain retry"
+
+
+def _audit(store: Store, record: dict[str, Any]) -> dict[str, Any]:
+    summary = record.get("summary", {})
+    return {
+        "methods": summary.get("methods"),
+        "structures": summary.get("structures"),
+        "force_mae_eV_per_A": summary.get("forces_eV_per_A", {}).get("all", {}).get("mae"),
+        "relative_energy_mae_meV_per_atom": summary.get("energy", {}).get(
+            "relative_mae_meV_per_atom"),
+        "report": str(store.resolve(record["report"])) if "report" in record else None,
+    }
 
 
 def _without_fingerprint(record: dict | None) -> dict:

@@ -30,11 +30,13 @@ from hifidata.datasets.status import campaign_status
 from hifidata.datasets.store import Selection, Store
 from hifidata.errors import HifidataError
 from hifidata.flows import tasks
+from hifidata.flows.audit import audit_flow
 from hifidata.flows.progress import reporter
-from hifidata.spec import STAGES, MDProtocol, RattleProtocol, Spec, load_spec
+from hifidata.spec import STAGES, DerivedProtocol, MDProtocol, Spec, load_spec
 from hifidata.structures import structure_id
 
 FEATURE_CHUNK = 256  # structures per featurization task
+MODEL_STAGES = ("train", "evaluate", "deploy")  # skipped by a spec without ``train``
 
 
 def run_campaign(spec_path: str | Path, until: str = "release") -> dict[str, Any]:
@@ -70,14 +72,16 @@ def _pick_params(rung) -> dict[str, Any]:
 def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
     stages = {
         "explore": explore_stage, "select": select_stage, "label": label_stage,
-        "train": train_stage, "evaluate": evaluate_stage, "deploy": deploy_stage,
-        "release": release_stage,
+        "audit": audit_stage, "train": train_stage, "evaluate": evaluate_stage,
+        "deploy": deploy_stage, "release": release_stage,
     }
     runner = ThreadPoolTaskRunner(max_workers=spec.execution.max_workers)
     timings = {}
     with Store(spec.store_path, "a") as store:
         store.put_record("run", "spec", spec.model_dump(mode="json", by_alias=True))
         for name in STAGES[: STAGES.index(until) + 1]:
+            if spec.train is None and name in MODEL_STAGES:
+                continue
             start = time.perf_counter()
             stages[name].with_options(task_runner=runner)(spec, store)
             timings[name] = round(time.perf_counter() - start, 1)
@@ -121,11 +125,13 @@ def explore_stage(spec: Spec, store: Store) -> None:
             if candidates.stopped:
                 bar.note(f"explore: a trajectory stopped early ({candidates.stopped})")
     for protocol in spec.explore.protocols:
-        key = _key("rattle", protocol)
-        if isinstance(protocol, RattleProtocol) and key not in done:
-            parents = _structures_by_protocol(store, ("seed", "md"))
-            candidates = tasks.rattle(parents, protocol.count, protocol.stdev, protocol.seed,
-                                      protocol.min_bond_ratio)
+        if isinstance(protocol, MDProtocol):
+            continue
+        key = _protocol_key(protocol)
+        if key not in done:
+            parents = _structures_by_protocol(store, tuple(protocol.parents))
+            settings = protocol.model_dump(exclude={"kind", "parents"})
+            candidates = tasks.derive(protocol.kind, parents, settings)
             store.add_structures(candidates.structures, candidates.origins)
             store.put_record("explore", key, {"structures": len(candidates), "stopped": None})
     bar.done("explore", f"{len(store.structure_ids())} candidate structures")
@@ -136,6 +142,15 @@ def _trajectory_key(protocol: MDProtocol, model: str, seed, temperature: float,
     """One trajectory's own settings: adding a temperature to the list reruns nothing else."""
     own = protocol.model_dump(exclude={"temperatures", "seeds"})
     return _key("md", own, model, structure_id(seed), temperature, md_seed)
+
+
+def _protocol_key(protocol: DerivedProtocol) -> str:
+    """A derived protocol's settings; ``parents`` counts only when not the default, so stores
+    from before it existed resume without redoing their rattles."""
+    own = protocol.model_dump()
+    if own["parents"] == type(protocol).model_fields["parents"].default:
+        del own["parents"]
+    return _key(protocol.kind, own)
 
 
 def _structures_by_protocol(store: Store, protocols: tuple[str, ...]):
@@ -207,12 +222,16 @@ def label_stage(spec: Spec, store: Store) -> None:
     for rung in reversed(spec.ladder):
         method = rung.resolved
         store.add_method(method)
+        how = {"engine": method.engine, "params": dict(method.params), "threads": rung.threads,
+               "ranks": rung.ranks}
+        if store.record("method", rung.name) != how:  # what `hifidata audit` reruns it with
+            store.put_record("method", rung.name, how)
         done = store.labeled_ids(method.method_id)
         todo = [sid for sid in store.selection(rung.name).selected_ids if sid not in done]
         bar.start(rung.name, f"label: {rung.name} ({method.describe()})", len(todo))
         for sid, atoms in zip(todo, store.structures(todo), strict=True):
             future = tasks.label.with_options(task_run_name=f"{rung.name}-{sid[:12]}").submit(
-                atoms, method, rung.threads
+                atoms, method, rung.threads, rung.ranks
             )
             futures[future] = rung.name
     with threadpool_limits(limits=1):  # labels run side by side; engines set their own threads
@@ -225,6 +244,26 @@ def label_stage(spec: Spec, store: Store) -> None:
                          f"quarantined: {result.status}: {result.message}")
     for rung in spec.ladder:
         bar.done(rung.name)
+
+
+# -- audit ---------------------------------------------------------------------------------
+@flow(name="audit-stage")
+def audit_stage(spec: Spec, store: Store) -> None:
+    for settings in spec.audit:
+        names = tuple(settings.methods)
+        key = f"{names[0]}-vs-{names[1]}"
+
+        if (store.record("audit", key) or {}).get("fingerprint") == _audit_print(store, settings):
+            continue
+        audit_flow(store, names, settings.count, settings.seed)
+        store.put_record("audit", key, {**store.record("audit", key),
+                                        "fingerprint": _audit_print(store, settings)})
+
+
+def _audit_print(store: Store, settings) -> str:
+    """An audit's settings and every label of both its rungs."""
+    labels = [store.labels(store.method_id(name)) for name in settings.methods]
+    return _fingerprint("audit", settings, [(s.structure_ids, s.status) for s in labels])
 
 
 # -- train ---------------------------------------------------------------------------------

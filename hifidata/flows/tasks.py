@@ -39,10 +39,13 @@ def md_trajectory(
     )
 
 
+DERIVED = {"rattle": explore.rattle, "strain": explore.strain, "vacancy": explore.vacancies}
+
+
 @task(**quiet)
-def rattle(parents: Sequence[Atoms], count: int, stdev: float, seed: int,
-           min_bond_ratio: float) -> explore.Candidates:
-    return explore.rattle(parents, count, stdev=stdev, seed=seed, min_bond_ratio=min_bond_ratio)
+def derive(kind: str, parents: Sequence[Atoms], settings: dict[str, Any]) -> explore.Candidates:
+    """Rattles, strains or vacancies of ``parents`` (``settings``: the protocol's own fields)."""
+    return DERIVED[kind](parents, **settings)
 
 
 @task(**quiet)
@@ -63,8 +66,8 @@ def direct_pick(x: np.ndarray, clusters: int, per_cluster: int, weighting: bool,
 
 
 @task(**quiet)
-def label(atoms: Atoms, method: base.Method, threads: int) -> base.Label:
-    return base.label(atoms, method, threads=threads)
+def label(atoms: Atoms, method: base.Method, threads: int, ranks: int = 1) -> base.Label:
+    return base.label(atoms, method, threads=threads, ranks=ranks)
 
 
 RECIPES = {"finetune": finetune.finetune_chgnet, "delta": delta.train_delta}

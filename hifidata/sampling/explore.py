@@ -19,9 +19,11 @@ from hifidata.deploy.md import default_monitors, langevin
 from hifidata.structures import (
     MIN_DISTANCE,
     StructureError,
+    charge_of,
     check_structure,
     structure_id,
     tightest_pair,
+    with_charge_and_spin,
 )
 
 
@@ -123,4 +125,73 @@ def rattle(
             f"rattles of stdev {stdev} Å keep bringing atoms closer than {min_bond_ratio} × "
             "their covalent bond length; lower stdev or min_bond_ratio"
         )
+    return out
+
+
+def strain(
+    parents: Sequence[Atoms], count: int, max_strain: float = 0.03, shear: bool = True,
+    seed: int = 0,
+) -> Candidates:
+    """``count`` homogeneous strains of periodic parents drawn at random; atoms move with the cell.
+
+    Each Voigt component of the symmetric strain ε is uniform in ±``max_strain`` (the shear ones
+    zero unless ``shear``); the cell becomes cell · (1 + ε). Strained cells are what a model
+    needs to learn stress and the equation of state, which MD at one density never visits.
+    """
+    periodic = [p for p in parents if p.pbc.all()]
+    if not periodic:
+        raise ValueError("strain needs periodic parents (pbc on all three axes, with a cell)")
+    rng = np.random.default_rng(seed)
+    out = Candidates()
+    for step in range(count):
+        index = int(rng.integers(len(periodic)))
+        voigt = rng.uniform(-max_strain, max_strain, size=6)
+        if not shear:
+            voigt[3:] = 0.0
+        epsilon = np.array([[voigt[0], voigt[5], voigt[4]],
+                            [voigt[5], voigt[1], voigt[3]],
+                            [voigt[4], voigt[3], voigt[2]]])
+        atoms = periodic[index].copy()
+        atoms.calc = None
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + epsilon), scale_atoms=True)
+        out.structures.append(atoms)
+        out.origins.append({"protocol": "strain", "seed": seed, "step": step,
+                            "strain_voigt": [round(float(v), 6) for v in voigt],
+                            "parent": structure_id(periodic[index])})
+    return out
+
+
+def vacancies(parents: Sequence[Atoms], count: int, seed: int = 0) -> Candidates:
+    """Up to ``count`` single vacancies: one per symmetry-distinct site of each periodic parent.
+
+    pymatgen's symmetry analysis groups equivalent sites, so a perfect crystal gives one
+    vacancy per Wyckoff orbit rather than N copies of the same defect; parents without
+    symmetry (MD snapshots) give any site. Which parents and sites, when there are more than
+    ``count``, is drawn from ``seed``.
+    """
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    options = []
+    for parent in parents:
+        if not parent.pbc.all() or len(parent) < 2:
+            continue
+        structure = AseAtomsAdaptor.get_structure(parent)
+        orbits = SpacegroupAnalyzer(structure, symprec=1e-3).get_symmetrized_structure()
+        options += [(parent, group[0]) for group in orbits.equivalent_indices]
+    if not options:
+        raise ValueError("vacancies need periodic parents with at least two atoms")
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(options))[:count]
+    out = Candidates()
+    for step, k in enumerate(sorted(chosen)):
+        parent, site = options[k]
+        atoms = parent.copy()
+        atoms.calc = None
+        removed = atoms.get_chemical_symbols()[site]
+        del atoms[site]
+        atoms = with_charge_and_spin(atoms, charge_of(parent), None)  # parity may have changed
+        out.structures.append(atoms)
+        out.origins.append({"protocol": "vacancy", "removed": removed, "site": int(site),
+                            "seed": seed, "step": step, "parent": structure_id(parent)})
     return out
