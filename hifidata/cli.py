@@ -229,7 +229,8 @@ class RichReporter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.tasks:  # a stopped bar that never started prints an empty line
+            self.progress.stop()
 
 
 def print_summary(status: dict) -> None:

@@ -103,6 +103,9 @@ class Pick(_Strict):
     weighting: bool = False  # weight principal components by explained variance
     strategy: Literal["center", "spread", "random"] = "center"
     seed: int = 0
+    #: only structures this small enter the pool (CCSD(T) on small clusters, a plane-wave audit
+    #: of small cells); none: every structure
+    max_atoms: PositiveInt | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -60,7 +60,8 @@ def test_failures_are_rescued_or_quarantined_and_the_campaign_goes_on(tmp_path, 
     labels = store.labels(store.method_id("dft"))
     by_id = dict(zip(labels.structure_ids, zip(labels.status, labels.provenance, strict=True),
                      strict=True))
-    tried = {sid: [a["failure"] for a in json.loads(p)["attempts"]] for sid, (_, p) in by_id.items()}
+    tried = {sid: [a["failure"] for a in json.loads(provenance)["attempts"]]
+             for sid, (_, provenance) in by_id.items()}
     for sid, role in roles.items():
         label_status = by_id[sid][0]
         if role == "plain":  # the real SCF failure, rescued by the ladder's first step

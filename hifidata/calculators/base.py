@@ -174,11 +174,12 @@ class Method:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def describe(self) -> str:
-        """Short human description: 'pyscf ccsd(t)/cc-pvdz'."""
+        """Short human description: 'pyscf ccsd(t)/cc-pvdz', 'espresso PBE/PW 30 Ry'."""
         p = self.params
         theory = p.get("xc") or p.get("theory", "?")
         disp = f"-{p['dispersion']}" if p.get("dispersion") else ""
-        return f"{self.engine} {theory}{disp}/{p.get('basis', '?')}"
+        basis = p.get("basis") or (f"PW {p['ecutwfc']:g} Ry" if "ecutwfc" in p else "?")
+        return f"{self.engine} {theory}{disp}/{basis}"
 
 
 @dataclass

@@ -51,6 +51,9 @@ from hifidata.calculators.base import (
     ScfNotConverged,
     longer_limit,
 )
+from hifidata.calculators.params import boolean as _boolean
+from hifidata.calculators.params import integer as _integer
+from hifidata.calculators.params import positive_float as _positive_float
 from hifidata.structures import charge_of, spin_of
 
 THEORIES = ("hf", "dft", "mp2", "ccsd", "ccsd(t)")
@@ -247,30 +250,7 @@ def _density_fitting(params: Mapping[str, Any], theory: str) -> dict[str, Any]:
     return {"density_fit": True, "auxbasis": auxbasis}
 
 
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key!r} must be true or false, not {value!r}")
-    return value
 
-
-def _integer(key: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key!r} must be an integer, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{key!r} must be {bounds}, not {value}")
-    return value
-
-
-def _positive_float(key: str, value: Any) -> float:
-    # YAML 1.1 reads '1e-9' (no dot) as a string: accept numeric strings
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{key!r} must be a positive number, not {value!r}")
-    return number
 
 
 def _settings(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -149,7 +149,10 @@ def append(path: Path, name: str, schema: Schema, rows: Rows,
     needs |= {key: start[key] + sum(len(b) for b in encoded[key]) for key in schema.texts}
     if any(needs[key] > room[key] for key in needs):
         rebuild({name: needs})
-    with h5py.File(path, "r+") as f:  # phase 1: the rows, in free space
+    # HDF5's own file lock is off for the writer too: the store's .lock file already makes it
+    # the only writer, and with HDF5 2.0 a reader opening the file at the wrong moment could
+    # make the writer's open fail ("unable to lock file"), killing a running campaign
+    with h5py.File(path, "r+", locking=False) as f:  # phase 1: the rows, in free space
         group = f[name]
         r0, r1 = start["rows"], needs["rows"]
         for key in schema.columns:
@@ -168,7 +171,7 @@ def append(path: Path, name: str, schema: Schema, rows: Rows,
             if needs[key] > start[key]:
                 pool = np.frombuffer(b"".join(encoded[key]), dtype="u1")
                 group[f"{key}_bytes"][start[key] : needs[key]] = pool
-    with h5py.File(path, "r+") as f:  # phase 2: the commit, after phase 1 reached the file
+    with h5py.File(path, "r+", locking=False) as f:  # phase 2: the commit, after phase 1
         f[name]["committed"][:] = [needs[key] for key in schema.counters()]
 
 
@@ -179,7 +182,8 @@ def rebuild_file(path: Path, schemas: Mapping[str, Schema],
     the copy, and rename the copy over the original."""
     needs = needs or {}
     partial = path.with_name(path.name + ".partial")
-    with h5py.File(path, "r", locking=False) as old, h5py.File(partial, "w") as new:
+    with h5py.File(path, "r", locking=False) as old, \
+            h5py.File(partial, "w", locking=False) as new:
         for key, value in old.attrs.items():
             new.attrs[key] = value
         for name, schema in schemas.items():

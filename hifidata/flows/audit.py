@@ -67,9 +67,13 @@ def audit_flow(store: Store, names: tuple[str, str], count: int | None = None,
     if not len(reference):
         raise HifidataError(f"{names[0]} has no ok labels to audit against")
     subset = reference.structure_ids
-    if count is not None and count < len(subset):
-        subset = _stratified(store, subset, count, seed)
-    _label_missing(store, subset, method_b, threads, ranks)
+    if count is None:  # only the pairs the store holds
+        labeled = set(store.labels(method_b.method_id).structure_ids)
+        subset = [sid for sid in subset if sid in labeled]
+    else:
+        if count < len(subset):
+            subset = _stratified(store, subset, count, seed)
+        _label_missing(store, subset, method_b, threads, ranks)
 
     ids = list(subset)
     a = reference.for_ids(ids)

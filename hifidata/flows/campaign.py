@@ -65,7 +65,9 @@ def _check_history(spec: Spec) -> None:
 
 
 def _pick_params(rung) -> dict[str, Any]:
-    return rung.select.model_dump(by_alias=True)
+    # max_atoms only when set, so stores selected before it existed keep their history
+    return rung.select.model_dump(by_alias=True, exclude={"max_atoms"} if
+                                  rung.select.max_atoms is None else set())
 
 
 @flow(name="hifidata-campaign", flow_run_name="{spec.name}")
@@ -173,6 +175,12 @@ def select_stage(spec: Spec, store: Store) -> None:
             store.structure_ids() if rung.select.source == "candidates"
             else store.selection(rung.select.source).selected_ids
         )
+        if rung.select.max_atoms:
+            sizes = [len(atoms) for atoms in store.structures(pool)]
+            pool = [sid for sid, n in zip(pool, sizes, strict=True) if n <= rung.select.max_atoms]
+            if not pool:
+                raise HifidataError(f"{rung.name}: no structure in its pool has at most "
+                                    f"{rung.select.max_atoms} atoms")
         _featurize([sid for sid in pool if sid not in known], spec, store, known)
         x = np.stack([known[sid] for sid in pool])
         pick = tasks.direct_pick(
