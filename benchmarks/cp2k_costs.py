@@ -1,6 +1,6 @@
 """What running CP2K through hifidata costs, measured side by side on the same inputs.
 
-For ``--n`` rattled 8-atom Si cells, three ways to get energy and forces, interleaved per cell so
+For ``--n`` rattled Si cells (the 2-atom primitive cell, or the 8-atom cubic one), three ways to get energy and forces, interleaved per cell so
 that the machine's state is the same for all three:
 
 - ``label``: hifidata's ``label()`` (input generation, one ``cp2k`` process, parsing, scratch)
@@ -9,7 +9,7 @@ that the machine's state is the same for all three:
 - ``shell``: one ``cp2k_shell`` process kept alive for all cells (LOAD once, then SET_POS /
   EVAL_EF / GET_E / GET_F per cell; CP2K starts each SCF from the previous cell's wavefunction)
 
-Usage: ``python benchmarks/cp2k_costs.py [--n 20] [--cutoff 250] [--kpoints 1]``
+Usage: ``python benchmarks/cp2k_costs.py [--n 20] [--atoms 2|8] [--cutoff 250] [--kpoints 2]``
 (one thread per CP2K process; prints a table of times and ratios).
 """
 
@@ -31,10 +31,11 @@ from hifidata.calculators.base import Method, label
 from hifidata.structures import with_charge_and_spin
 
 
-def cells(n: int, seed: int = 0):
+def cells(n: int, size: int = 2, seed: int = 0):
     rng = np.random.default_rng(seed)
     for _ in range(n):
-        atoms = with_charge_and_spin(bulk("Si", "diamond", a=5.43, cubic=True), 0, 1)
+        crystal = bulk("Si", "diamond", a=5.43, cubic=size == 8)
+        atoms = with_charge_and_spin(crystal, 0, 1)
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
         yield atoms
 
@@ -101,14 +102,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--cutoff", type=float, default=250.0)
-    parser.add_argument("--kpoints", type=int, default=1, help="n for an n×n×n grid (1: Γ)")
+    parser.add_argument("--atoms", type=int, default=2, choices=(2, 8), help="atoms per cell")
+    parser.add_argument("--kpoints", type=int, default=2, help="n for an n×n×n grid (1: Γ)")
     args = parser.parse_args()
     params = {"cutoff": args.cutoff, "rel_cutoff": 50}
     if args.kpoints > 1:
         params["kpoints"] = [args.kpoints] * 3
     method = Method.resolve("cp2k", params)
     settings = {**method.params, "restart_wavefunction": False, "mixing_alpha": 0.4}
-    structures = list(cells(args.n))
+    structures = list(cells(args.n, args.atoms))
     cp2k.version()  # cached once, as in a campaign
     times = {"label": [], "bare": [], "shell": []}
     energies = {"label": [], "bare": [], "shell": []}
@@ -153,8 +155,8 @@ def main() -> None:
     total = {key: sum(value) for key, value in times.items()}
     k = f"{args.kpoints}x{args.kpoints}x{args.kpoints}" if args.kpoints > 1 else "Γ"
     print(
-        f"\n{args.n} Si8 cells, cutoff {args.cutoff:g} Ry, k-points {k}, 1 thread, CP2K "
-        f"{cp2k.version()}"
+        f"\n{args.n} Si{args.atoms} cells, cutoff {args.cutoff:g} Ry, k-points {k}, 1 thread, "
+        f"CP2K {cp2k.version()}"
     )
     print(f"{'way':8s} {'total s':>9s} {'per cell s':>11s} {'/ bare':>8s}")
     for key, value in total.items():
