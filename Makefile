@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 engines:
 	@if command -v cp2k >/dev/null && command -v pw.x >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cp2k quantum-espresso >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cp2k quantum-espresso libopenblas0-openmp >/dev/null; \
 	else echo "make: CP2K and Quantum ESPRESSO are missing: sudo apt-get install cp2k quantum-espresso (docs/install.md)"; exit 1; fi
 
 demo: $(STAMP)

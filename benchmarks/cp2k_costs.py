@@ -1,7 +1,8 @@
 """What running CP2K through hifidata costs, measured side by side on the same inputs.
 
-For ``--n`` rattled Si cells (the 2-atom primitive cell, or the 8-atom cubic one), three ways to get energy and forces, interleaved per cell so
-that the machine's state is the same for all three:
+For ``--n`` rattled Si cells (the 2-atom primitive cell, or the 8-atom cubic one), three ways
+to get energy and forces, interleaved per cell so that the machine's state is the same for all
+three:
 
 - ``label``: hifidata's ``label()`` (input generation, one ``cp2k`` process, parsing, scratch)
 - ``bare``: ``cp2k -i same.inp`` on the very input file ``label`` writes (the floor for one

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from hifidata.calculators.base import (
 )
 from hifidata.calculators.process import Finished
 from hifidata.structures import with_charge_and_spin
-
-pytestmark = pytest.mark.skipif(shutil.which("cp2k") is None, reason="CP2K is not installed")
 
 A = 2.715  # half the cubic lattice constant of Si (5.43 Å)
 SI_POSITIONS = [[0.0, 0.0, 0.0], [1.4075, 1.3375, 1.3875]]  # the second atom off its site

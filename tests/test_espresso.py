@@ -30,8 +30,6 @@ from hifidata.calculators.base import (
 from hifidata.calculators.process import Finished
 from hifidata.structures import with_charge_and_spin
 
-pytestmark = pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x is not installed")
-
 PSEUDOS = engine.PACKAGED_PSEUDOS
 #: small and fast: 2-atom Si, 25 Ry, 2×2×2 k-points (about 1 s per pw.x run on one core)
 SMALL = {"ecutwfc": 25, "kpoints": [2, 2, 2]}

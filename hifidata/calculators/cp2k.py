@@ -53,6 +53,7 @@ from hifidata.calculators.base import (
 )
 from hifidata.calculators.kpoints import mesh, resolve_kpoints
 from hifidata.calculators.params import integer as _integer
+from hifidata.calculators.params import known_keys as _known_keys
 from hifidata.calculators.params import positive_float as _positive_float
 from hifidata.calculators.process import Finished, command, exit_failure, run_program
 from hifidata.structures import charge_of, spin_of
@@ -107,14 +108,7 @@ _DEFAULT_ALPHA = 0.4  # CP2K's Broyden mixing default
 
 def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``params`` and fill every default; ValueError names the offending key."""
-    for key in params:
-        if key in RESCUE_KEYS:
-            raise ValueError(
-                f"{key!r} is a convergence aid that the rescue ladder adds on retry, "
-                "not part of a method"
-            )
-        if key not in _KNOWN:
-            raise ValueError(f"unknown cp2k parameter {key!r} (known: {', '.join(sorted(_KNOWN))})")
+    _known_keys("cp2k", params, _KNOWN, RESCUE_KEYS)
     get = lambda key: params.get(key, DEFAULTS[key])  # noqa: E731
     out: dict[str, Any] = {"xc": _xc(get("xc"))}
     out["basis_file"] = _name("basis_file", get("basis_file"))

@@ -61,6 +61,7 @@ from hifidata.calculators.base import (
 )
 from hifidata.calculators.kpoints import mesh, resolve_kpoints
 from hifidata.calculators.params import integer as _integer
+from hifidata.calculators.params import known_keys as _known_keys
 from hifidata.calculators.params import positive_float as _positive_float
 from hifidata.calculators.process import Finished, command, exit_failure, run_program
 from hifidata.structures import charge_of, spin_of
@@ -145,14 +146,7 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
 
     Accepts its own output (``pseudo_sha256`` included, which must still match the files).
     """
-    for key in params:
-        if key in RESCUE_KEYS:
-            raise ValueError(
-                f"{key!r} is a convergence aid that the rescue ladder adds on retry, "
-                "not part of a method"
-            )
-        if key not in _KNOWN:
-            raise ValueError(f"unknown espresso parameter {key!r} (known: {', '.join(_KNOWN)})")
+    _known_keys("espresso", params, _KNOWN, RESCUE_KEYS)
 
     def get(key: str) -> Any:
         return params.get(key, DEFAULTS.get(key))

@@ -4,6 +4,7 @@ that name the key."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -31,3 +32,18 @@ def boolean(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{key!r} must be true or false, not {value!r}")
     return value
+
+
+def known_keys(engine: str, params: Mapping[str, Any], known: Iterable[str],
+               rescue_only: Iterable[str] = ()) -> None:
+    """Refuse a key the engine does not know, and a rescue key given as part of a method."""
+    known, rescue_only = set(known), set(rescue_only)
+    for key in params:
+        if key in rescue_only:
+            raise ValueError(
+                f"{key!r} is a convergence aid that the rescue ladder adds on retry, "
+                "not part of a method"
+            )
+        if key not in known:
+            names = ", ".join(sorted(known))
+            raise ValueError(f"unknown {engine} parameter {key!r} (known: {names})")

@@ -37,8 +37,10 @@ def run_audit(store_path: Path, names: tuple[str, str], count: int | None = None
     if count is not None and count < 1:
         raise HifidataError("--count must be at least 1")
     store = Store(store_path)
-    for name in names:
-        method_of(store, name)
+    reference, _, _ = method_of(store, names[0])
+    method_of(store, names[1])
+    if not len(store.labels(reference.method_id).ok()):
+        raise HifidataError(f"{names[0]} has no ok labels to audit against")
     if workers < 1:
         raise HifidataError("--workers must be at least 1")
     runner = ThreadPoolTaskRunner(max_workers=workers)
@@ -79,6 +81,8 @@ def audit_flow(store: Store, names: tuple[str, str], count: int | None = None,
     a = reference.for_ids(ids)
     b = store.labels(method_b.method_id).for_ids(ids)
     pairs = audit.Pairs.of(names, a, b, store.structures(ids), store.origins(ids))
+    if not len(pairs):
+        raise HifidataError(f"{names[0]} and {names[1]} have no ok labels in common")
     summary = audit.compare(pairs)
     failures = [
         {"method": names[1], "structure_id": sid, "status": status, "message": message}

@@ -263,7 +263,11 @@ def audit_stage(spec: Spec, store: Store) -> None:
 
         if (store.record("audit", key) or {}).get("fingerprint") == _audit_print(store, settings):
             continue
-        audit_flow(store, names, settings.count, settings.seed)
+        try:
+            audit_flow(store, names, settings.count, settings.seed)
+        except HifidataError as error:  # e.g. every label of B failed: the campaign goes on
+            reporter().note(f"audit {key}: skipped: {error}")
+            continue
         store.put_record("audit", key, {**store.record("audit", key),
                                         "fingerprint": _audit_print(store, settings)})
 
