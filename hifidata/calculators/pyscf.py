@@ -53,6 +53,7 @@ from hifidata.calculators.base import (
 )
 from hifidata.calculators.params import boolean as _boolean
 from hifidata.calculators.params import integer as _integer
+from hifidata.calculators.params import known_keys as _known_keys
 from hifidata.calculators.params import positive_float as _positive_float
 from hifidata.structures import charge_of, spin_of
 
@@ -107,15 +108,7 @@ def resolve(params: Mapping[str, Any]) -> dict[str, Any]:
     """
     theory = _theory(params.get("theory"))
     allowed = {*_COMMON, *_BY_THEORY[theory], "auxbasis"}
-    for key in params:
-        if key in RESCUE_KEYS:
-            raise ValueError(
-                f"{key!r} is a convergence aid that the rescue ladder adds on retry, "
-                "not part of a method"
-            )
-        if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise ValueError(f"unknown pyscf parameter {key!r} for {theory} (known: {known})")
+    _known_keys(f"pyscf {theory}", params, allowed, RESCUE_KEYS)
 
     out: dict[str, Any] = {"theory": theory, "basis": _basis_name("basis", params.get("basis"))}
     out["reference"] = _reference(params.get("reference", DEFAULTS["reference"]), theory)

@@ -21,6 +21,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.units import GPa
 
+from hifidata import plots
 from hifidata.datasets.store import LabelSet
 
 WORST_LISTED = 5
@@ -183,10 +184,7 @@ def report(summary: dict[str, Any], plot_file: str | None = None,
 
 def plot(pairs: Pairs, summary: dict[str, Any], path: str | Path) -> Path:
     """Force-component parity coloured by element, and relative-energy differences."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on clusters
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     a, b = pairs.names
     numbers = np.concatenate([atoms.numbers for atoms in pairs.structures])
@@ -207,9 +205,4 @@ def plot(pairs: Pairs, summary: dict[str, Any], path: str | Path) -> Path:
     right.hist(residual / n_atoms * 1000, bins=min(30, max(5, len(pairs))), color="C1")
     right.set_xlabel(f"relative energy, {a} − {b} after reference shifts [meV/atom]")
     right.set_ylabel("structures")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return plots.save(figure, path)

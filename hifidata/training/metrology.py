@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from hifidata import plots
 from hifidata.training.finetune import fit_reference_energies
 
 
@@ -86,10 +87,7 @@ def _reference_shift(model, train: dict):
 
 def parity_plot(parities: Sequence[Parity], path: str | Path) -> Path:
     """One PNG: a row per rung, energy (per atom) and force-component parity, a color per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on clusters
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     rungs = list(dict.fromkeys(p.rung for p in parities))
     models = list(dict.fromkeys(p.model for p in parities))
@@ -118,9 +116,4 @@ def parity_plot(parities: Sequence[Parity], path: str | Path) -> Path:
             ax.set_ylabel(f"model {quantity} [{unit}]")
             ax.set_title(f"{rung}: {quantity.split(' ')[0]} (test split)")
             ax.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return plots.save(figure, path)
