@@ -87,6 +87,50 @@ def init(
 
 
 @app.command()
+def plan(
+    spec: Path = typer.Argument(..., help="The campaign spec (YAML)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Expected cost per rung before anything runs: labels left, seconds each, CPU-hours.
+
+    Fitted to the store's wall times where it has labels of a rung, else a prior; read-only.
+    """
+    import json
+
+    from hifidata.flows.plan import plan_campaign, totals
+
+    rows = plan_campaign(spec)
+    total = totals(rows)
+    if as_json:
+        out.print_json(json.dumps({"rungs": rows, "total": total}, default=str))
+        return
+    table = Table(title=f"plan: {spec}", title_justify="left")
+    for column in ("rung", "method", "left", "done", "size", "s/label", "cores", "CPU-h",
+                   "cost model"):
+        right = column not in ("rung", "method", "cost model")
+        table.add_column(column, justify="right" if right else "left")
+    for r in rows:
+        unit = "bf" if r["size_unit"] == "basis functions" else r["size_unit"]
+        done = str(r["done"]) + (f" +{r['failed']} failed" if r["failed"] else "")
+        table.add_row(r["rung"], r["method"], f"{r['remaining']} of {r['planned']}", done,
+                      f"{r['typical_size']:g} {unit}", _duration(r["seconds_per_label"]),
+                      str(r["threads"] * r["ranks"]), f"{r['cpu_hours']:.3g}", r["source"])
+    out.print(table)
+    out.print(f"total: {total['labels_remaining']} labels, {total['cpu_hours']:.3g} CPU-hours")
+    for r in rows:
+        if r["note"]:
+            out.print(f"{r['rung']}: {r['note']}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+@app.command()
 def run(
     spec: Path = typer.Argument(..., help="The campaign spec (YAML)."),
     until: str = typer.Option("release", help="Last stage to run: explore, select, label, "

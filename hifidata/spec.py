@@ -36,20 +36,47 @@ class Seed(_Strict):
     spin: PositiveInt | None = None  # multiplicity 2S+1; the lowest possible when omitted
 
 
-class MDProtocol(_Strict):
-    """Langevin MD with the exploration MLIP, one trajectory per (temperature, seed)."""
+class _Dynamics(_Strict):
+    """What every exploration MD protocol shares; trajectories start from the seeds."""
 
-    kind: Literal["md"]
-    temperatures: list[Positive] = Field(min_length=1)  # K
     steps: PositiveInt
     timestep: Positive = 0.5  # fs
-    friction: Positive = 0.01  # 1/fs
+    friction: Positive = 0.01  # 1/fs (Langevin thermostat)
     sample_every: PositiveInt = 5
     seeds: list[int] = Field(default=[0], min_length=1)
 
 
+class MDProtocol(_Dynamics):
+    """Langevin NVT with the exploration MLIP, one trajectory per (seed, temperature, md seed)."""
+
+    kind: Literal["md"]
+    temperatures: list[Positive] = Field(min_length=1)  # K
+
+
+class NPTProtocol(_Dynamics):
+    """NPT MD of periodic seeds, one trajectory per (seed, temperature, pressure, md seed)."""
+
+    kind: Literal["npt"]
+    temperatures: list[Positive] = Field(min_length=1)  # K
+    pressures: list[float] = Field(min_length=1)  # GPa
+    sample_every: PositiveInt = 10
+
+
+class RampProtocol(_Dynamics):
+    """Langevin MD whose target temperature follows a piecewise-linear ``schedule`` over the
+    run: [300, 2000, 300] heats to a melt and quenches it."""
+
+    kind: Literal["ramp"]
+    schedule: list[Positive] = Field(min_length=2)  # K at evenly spaced points of the run
+    sample_every: PositiveInt = 10
+
+
+DYNAMICS = ("md", "npt", "ramp")
+DERIVED = ("rattle", "strain", "vacancy", "interstitial", "substitution", "slab", "cluster")
+
 #: what a derived protocol may start from: the seeds, MD frames, or another protocol's output
-Parents = list[Literal["seed", "md", "rattle", "strain", "vacancy"]]
+Parents = list[Literal["seed", "md", "npt", "ramp", "rattle", "strain", "vacancy",
+                       "interstitial", "substitution", "slab", "cluster"]]
 
 
 class RattleProtocol(_Strict):
@@ -70,6 +97,9 @@ class StrainProtocol(_Strict):
     count: PositiveInt
     max_strain: Annotated[float, Field(gt=0, lt=0.5)] = 0.03
     shear: bool = True
+    #: which components vary: all, normal (no shear), hydrostatic (volume only) or shear only;
+    #: none: all, or normal with shear: false
+    mode: Literal["all", "normal", "hydrostatic", "shear"] | None = None
     seed: int = 0
     parents: Parents = Field(default=["seed"], min_length=1)
 
@@ -83,15 +113,85 @@ class VacancyProtocol(_Strict):
     parents: Parents = Field(default=["seed"], min_length=1)
 
 
-Protocol = Annotated[
-    MDProtocol | RattleProtocol | StrainProtocol | VacancyProtocol, Field(discriminator="kind")
-]
-DerivedProtocol = RattleProtocol | StrainProtocol | VacancyProtocol
+class InterstitialProtocol(_Strict):
+    """One extra atom at an interstitial site of a periodic parent (pymatgen's Voronoi sites)."""
+
+    kind: Literal["interstitial"]
+    count: PositiveInt
+    species: list[str] | None = None  # default: the parent's own elements (self-interstitials)
+    seed: int = 0
+    min_distance_ratio: Annotated[float, Field(ge=0, lt=2)] = 0.7  # × covalent bond length
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+class SubstitutionProtocol(_Strict):
+    """One atom of element A replaced by B, at symmetry-distinct sites: {A: [B, ...]}."""
+
+    kind: Literal["substitution"]
+    count: PositiveInt
+    substitutions: dict[str, list[str]] = Field(min_length=1)
+    seed: int = 0
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+class SlabProtocol(_Strict):
+    """Surface slabs of periodic parents (pymatgen's SlabGenerator), vacuum along the normal."""
+
+    kind: Literal["slab"]
+    count: PositiveInt
+    miller_indices: list[tuple[int, int, int]] | None = None  # default: all up to max_index
+    max_index: PositiveInt = 1
+    min_slab: Positive = 8.0  # Å
+    min_vacuum: Positive = 10.0  # Å
+    max_atoms: PositiveInt = 64
+    seed: int = 0
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+class ClusterProtocol(_Strict):
+    """Finite clusters carved out of periodic parents: every atom within ``radius`` of a centre
+    atom, for molecular codes (CCSD(T) of local environments)."""
+
+    kind: Literal["cluster"]
+    count: PositiveInt
+    radius: Positive = 4.0  # Å
+    max_atoms: PositiveInt | None = None
+    passivate: bool = False
+    seed: int = 0
+    parents: Parents = Field(default=["seed"], min_length=1)
+
+
+Dynamics = MDProtocol | NPTProtocol | RampProtocol
+DerivedProtocol = (RattleProtocol | StrainProtocol | VacancyProtocol | InterstitialProtocol
+                   | SubstitutionProtocol | SlabProtocol | ClusterProtocol)
+Protocol = Annotated[Dynamics | DerivedProtocol, Field(discriminator="kind")]
 
 
 class Explore(_Strict):
     model: str = "chgnet-0.3.0"
     protocols: list[Protocol] = Field(min_length=1)
+    replicas: PositiveInt = 32  # MD trajectories advanced together, one model call per step
+    device: str | None = None  # default: cuda when present, else cpu
+
+
+class Uncertainty(_Strict):
+    """Rank the members of each DIRECT cluster by how unsure the models are about them.
+
+    ``committee``: two or more models (pretrained names such as chgnet-0.3.0 and chgnet-r2scan,
+    or models this campaign trained, by name) whose force disagreement is the score;
+    ``distance_to``: a rung before this one whose selected structures count as known, the
+    score being the feature-space distance to the nearest of them (no model needed).
+    """
+
+    committee: list[str] | None = Field(default=None, min_length=2)
+    distance_to: str | None = None
+    batch_size: PositiveInt = 32
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Uncertainty:
+        if (self.committee is None) == (self.distance_to is None):
+            raise ValueError("give either committee (two or more models) or distance_to (a rung)")
+        return self
 
 
 class Pick(_Strict):
@@ -106,6 +206,11 @@ class Pick(_Strict):
     #: only structures this small enter the pool (CCSD(T) on small clusters, a plane-wave audit
     #: of small cells); none: every structure
     max_atoms: PositiveInt | None = None
+    #: within each cluster, take the most uncertain members instead of the central ones
+    uncertainty: Uncertainty | None = None
+    #: CPU-hours this rung may spend: the clusters whose structures cover the feature space
+    #: best per predicted CPU-second get labels, until the budget is spent
+    budget_hours: Positive | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -211,9 +316,10 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Spec:
-        available = {"seed", "md"}
+        # MD runs first (from the seeds); derived protocols run in the order listed
+        available = {"seed", *DYNAMICS}
         for i, protocol in enumerate(self.explore.protocols):
-            if not isinstance(protocol, MDProtocol):
+            if protocol.kind not in DYNAMICS:
                 missing = [p for p in protocol.parents if p not in available]
                 if missing:
                     raise ValueError(
@@ -230,6 +336,14 @@ class Spec(_Strict):
                 raise ValueError(
                     f"ladder[{i}].select.from: {rung.select.source!r} is not one of {allowed}"
                 )
+        for i, rung in enumerate(self.ladder):
+            pick = rung.select
+            if pick.uncertainty and pick.uncertainty.distance_to not in (None, *names[:i]):
+                raise ValueError(f"ladder[{i}].select.uncertainty.distance_to: "
+                                 f"{pick.uncertainty.distance_to!r} is not a rung before it "
+                                 f"({names[:i]})")
+            if pick.uncertainty and pick.budget_hours:
+                raise ValueError(f"ladder[{i}].select: give uncertainty or budget_hours, not both")
         for i, audit in enumerate(self.audit):
             for name in audit.methods:
                 if name not in names:
@@ -311,6 +425,10 @@ def load_spec(path: str | Path, check_inputs: bool = True) -> Spec:
 def check_spec_inputs(spec: Spec, path: Path) -> None:
     """Seeds readable and sane, methods valid, and every engine accepts every seed."""
     seeds = spec.seed_structures()
+    for i, protocol in enumerate(spec.explore.protocols):
+        if protocol.kind == "npt" and not any(atoms.pbc.all() for atoms in seeds):
+            raise SpecError(f"{path}: explore.protocols[{i}] (npt): no seed is periodic; NPT "
+                            "needs a crystal (pbc on all three axes, with a cell)")
     for i, rung in enumerate(spec.ladder):
         try:
             method = rung.resolved

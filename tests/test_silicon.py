@@ -27,8 +27,13 @@ def small_silicon(folder: Path) -> Path:
     """The silicon example cut to seconds: 8-atom cells, low cutoffs, a few labels."""
     spec = yaml.safe_load((EXAMPLES / "silicon.yaml").read_text())
     spec["explore"]["protocols"] = [
+        {"kind": "npt", "temperatures": [600], "pressures": [0, 5], "steps": 10,
+         "timestep": 2.0, "sample_every": 5},
         {"kind": "strain", "count": 6, "max_strain": 0.03},
         {"kind": "vacancy", "count": 1},
+        {"kind": "interstitial", "count": 2},
+        {"kind": "slab", "count": 1, "max_atoms": 32},
+        {"kind": "cluster", "count": 1, "radius": 4.0},  # Si17: kept out of the pool below
         {"kind": "rattle", "count": 8, "stdev": 0.08, "parents": ["seed", "strain", "vacancy"]},
     ]
     spec["ladder"][0]["method"].update(cutoff=200, rel_cutoff=30, kpoints=[2, 2, 2])
@@ -51,6 +56,9 @@ def test_the_example_loads_and_every_engine_accepts_its_seeds():
 
 def test_cp2k_labels_audited_by_quantum_espresso(tmp_path):
     status = run_campaign(small_silicon(tmp_path))
+    explored = status["stages"]["explore"]["by_protocol"]
+    assert explored["npt"] == 8  # 2 seeds × 2 pressures × 2 frames
+    assert explored["interstitial"] == 2 and explored["slab"] == 1 and explored["cluster"] == 1
     labels = status["stages"]["label"]
     assert labels["pbe"]["ok"] == 4 and labels["pbe-qe"]["ok"] == 2
 

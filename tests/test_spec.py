@@ -71,6 +71,20 @@ BAD_INPUTS = {
     "rattle of strains before any strain": (
         lambda s: s["explore"]["protocols"][1].update(parents=["strain"]), None,
         r"explore\.protocols\[1\]\.parents: 'strain' comes later in the list or not at all"),
+    "NPT of a molecule": (
+        lambda s: s["explore"]["protocols"].append(
+            {"kind": "npt", "temperatures": [300], "pressures": [1.0], "steps": 10}), None,
+        r"explore\.protocols\[2\] \(npt\): no seed is periodic"),
+    "uncertainty of two kinds at once": (
+        lambda s: s["ladder"][1]["select"].update(
+            uncertainty={"committee": ["chgnet-0.3.0", "chgnet-r2scan"], "distance_to": "dft"}),
+        None, r"ladder\[1\]\.select\.uncertainty: give either committee .* or distance_to"),
+    "uncertainty measured from a later rung": (
+        lambda s: s["ladder"][0]["select"].update(uncertainty={"distance_to": "ccsdt"}), None,
+        r"ladder\[0\]\.select\.uncertainty\.distance_to: 'ccsdt' is not a rung before it"),
+    "unknown protocol": (
+        lambda s: s["explore"]["protocols"].append({"kind": "anneal", "count": 3}), None,
+        r"explore\.protocols\[2\]: Input tag 'anneal' found using 'kind' does not match"),
     "unknown engine": (
         lambda s: s["ladder"][0].update(engine="vasp"), None,
         r"ladder\[0\]\.engine: Input should be 'pyscf', 'cp2k' or 'espresso'"),

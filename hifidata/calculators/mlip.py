@@ -12,13 +12,14 @@ import contextlib
 import io
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 from pymatgen.core import Lattice, Structure
 
 #: Pretrained models shipped inside the chgnet wheel, by the names specs use.
@@ -105,35 +106,110 @@ def to_structure(atoms: Atoms, cutoff: float) -> Structure:
 
 def predict_batch(
     model, structures: Sequence[Atoms], batch_size: int = 64, features: bool = False,
-    forces: bool = True,
+    forces: bool = True, stress: bool = False,
 ) -> dict[str, list]:
-    """Energies (eV), forces (eV/Å) and optionally structure features, many graphs per call.
+    """Energies (eV), forces (eV/Å) and optionally stresses and structure features.
 
-    Returns {"energy": [float], "forces": [array (n, 3)], "features": [array (F,)]};
-    ``forces=False`` skips the backward pass (featurization needs none) and returns no forces.
+    Many graphs go through the model per call (``batch_size`` at a time), on the model's device
+    (CPU or CUDA). Returns {"energy": [float], "forces": [array (n, 3)], "features": [array
+    (F,)]}, plus "stress" when ``stress``: one Voigt 6-vector per structure in eV/Å³ with ASE's
+    sign convention (``atoms.get_stress()``: negative under compression), None for a molecule,
+    which has no cell. ``forces=False`` (and no stress) skips the backward pass and the
+    autograd graph (featurization needs neither) and returns no forces.
     """
     if not structures:
-        return {"energy": [], "forces": [], "features": []}
+        empty: dict[str, list] = {"energy": [], "forces": [], "features": []}
+        return {**empty, "stress": []} if stress else empty
     cutoff = model_cutoff(model)
-    converted = [to_structure(atoms, cutoff) for atoms in structures]
-    predictions = model.predict_structure(
-        converted, task="ef" if forces else "e", return_crystal_feas=features,
-        batch_size=batch_size,
-    )
-    if isinstance(predictions, dict):  # one structure in, one dict out
-        predictions = [predictions]
-    return {
-        "energy": [float(p["e"]) * len(a) for p, a in zip(predictions, structures, strict=True)],
-        "forces": [np.asarray(p["f"], dtype=float) for p in predictions] if forces else [],
-        "features": [np.asarray(p["crystal_fea"], dtype=float) for p in predictions]
-        if features else [],
-    }
+    result: dict[str, list] = {"energy": [], "forces": [], "features": []}
+    if stress:
+        result["stress"] = []
+    for start in range(0, len(structures), batch_size):
+        chunk = structures[start : start + batch_size]
+        graphs = [model.graph_converter(to_structure(atoms, cutoff)) for atoms in chunk]
+        periodic = [bool(atoms.pbc.all()) for atoms in chunk]
+        out = _evaluate(model, graphs, periodic, features, forces or stress, stress)
+        for key, values in out.items():
+            result[key] += values
+    if not forces:
+        result["forces"] = []
+    return result
+
+
+def _evaluate(
+    model, graphs: list, periodic: list[bool], features: bool, gradients: bool, stress: bool
+) -> dict[str, list]:
+    """One forward pass over ``graphs``; forces (and stresses) from ONE backward pass.
+
+    CHGNet's own predict_graph differentiates twice (forces, then stress) and keeps a graph for
+    second derivatives (training needs them, MD does not). Here the energy is differentiated
+    once with respect to the graphs' fractional coordinates f and lattices L (rows: lattice
+    vectors; positions r = f L): forces = -(dE/df) L^-T, and for the strain ε, L → L (1 + ε)
+    with f fixed, stress = (1/V) dE/dε = (1/V) Lᵀ (dE/dL), CHGNet's (and ASE's) convention.
+    """
+    device = next(model.parameters()).device
+    model.eval()  # as CHGNet's predict_graph does
+    with torch.set_grad_enabled(gradients):
+        graphs = [g.to(device) for g in graphs]
+        prediction = model(graphs, task="e", return_crystal_feas=features)
+        atoms_per_graph = torch.tensor([len(g.atomic_number) for g in graphs], device=device)
+        energy = prediction["e"] * (atoms_per_graph if model.is_intensive else 1)
+        lattices = [g.lattice for g in graphs]
+        inputs = [g.atom_frac_coord for g in graphs] + (lattices if stress else [])
+        grads = torch.autograd.grad(energy.sum(), inputs, allow_unused=True) if gradients else ()
+    out: dict[str, list] = {"energy": [float(e) for e in energy.detach().cpu()]}
+    if features:
+        out["features"] = [np.asarray(f, dtype=float)
+                           for f in prediction["crystal_fea"].detach().cpu().numpy()]
+    if not gradients:
+        return out
+    out["forces"] = []
+    for g, lattice, d_frac in zip(graphs, lattices, grads[: len(graphs)], strict=True):
+        if d_frac is None:  # a lone atom: no neighbours, no force
+            d_frac = torch.zeros_like(g.atom_frac_coord)
+        forces = -d_frac @ torch.linalg.inv(lattice.detach()).T
+        out["forces"].append(forces.detach().cpu().numpy().astype(float))
+    if stress:
+        out["stress"] = []
+        for lattice, d_lattice, is_periodic in zip(
+            lattices, grads[len(graphs) :], periodic, strict=True
+        ):
+            if not is_periodic:  # a boxed molecule's "stress" is an artefact of the box
+                out["stress"].append(None)
+                continue
+            lattice = lattice.detach()
+            if d_lattice is None:
+                d_lattice = torch.zeros_like(lattice)
+            sigma = lattice.T @ d_lattice / torch.linalg.det(lattice).abs()
+            out["stress"].append(
+                full_3x3_to_voigt_6_stress(sigma.detach().cpu().numpy().astype(float))
+            )
+    return out
+
+
+def batch_predictor(
+    model, stress: bool = True, batch_size: int | None = None
+) -> Callable[[Sequence[Atoms]], dict[str, list]]:
+    """``predict(structures)`` for lockstep MD (hifidata.calculators.batching): energies, forces
+    and, if ``stress``, the stresses of the periodic ones (NPT needs them; they come from the
+    same backward pass, nearly free), all in one model call (``batch_size`` None: the whole
+    list as one batch)."""
+
+    def predict(structures: Sequence[Atoms]) -> dict[str, list]:
+        size = batch_size or max(1, len(structures))
+        return predict_batch(model, structures, batch_size=size, stress=stress)
+
+    return predict
 
 
 class MLIPCalculator(Calculator):
-    """ASE calculator over a CHGNet model; molecules are boxed on every call."""
+    """ASE calculator over a CHGNet model, one structure per call; molecules are boxed.
 
-    implemented_properties = ("energy", "free_energy", "forces")
+    Periodic structures also get the stress (eV/Å³, ASE's convention) with every call: it comes
+    from the same backward pass as the forces, and an NPT integrator reads both each step.
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
 
     def __init__(self, model, **kwargs):
         super().__init__(**kwargs)
@@ -141,9 +217,12 @@ class MLIPCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        result = predict_batch(self.model, [self.atoms], batch_size=1)
+        periodic = bool(self.atoms.pbc.all())
+        result = predict_batch(self.model, [self.atoms], batch_size=1, stress=periodic)
         self.results = {
             "energy": result["energy"][0],
             "free_energy": result["energy"][0],
             "forces": result["forces"][0],
         }
+        if periodic:
+            self.results["stress"] = result["stress"][0]

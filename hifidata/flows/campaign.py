@@ -24,6 +24,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from threadpoolctl import threadpool_limits
 
+from hifidata.datasets.maps import store_maps
 from hifidata.datasets.release import export_release
 from hifidata.datasets.splits import assign_splits, ids_in
 from hifidata.datasets.status import campaign_status
@@ -32,7 +33,16 @@ from hifidata.errors import HifidataError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
 from hifidata.flows.progress import reporter
-from hifidata.spec import STAGES, DerivedProtocol, MDProtocol, Spec, load_spec
+from hifidata.sampling import costs
+from hifidata.spec import (
+    DYNAMICS,
+    STAGES,
+    DerivedProtocol,
+    Dynamics,
+    MDProtocol,
+    Spec,
+    load_spec,
+)
 from hifidata.structures import structure_id
 
 FEATURE_CHUNK = 256  # structures per featurization task
@@ -65,9 +75,11 @@ def _check_history(spec: Spec) -> None:
 
 
 def _pick_params(rung) -> dict[str, Any]:
-    # max_atoms only when set, so stores selected before it existed keep their history
-    return rung.select.model_dump(by_alias=True, exclude={"max_atoms"} if
-                                  rung.select.max_atoms is None else set())
+    # fields added later only when set, so stores selected before they existed keep their history
+    later = {"max_atoms", "uncertainty", "budget_hours"}
+    return rung.select.model_dump(
+        by_alias=True, exclude={f for f in later if getattr(rung.select, f) is None}
+    )
 
 
 @flow(name="hifidata-campaign", flow_run_name="{spec.name}")
@@ -97,46 +109,65 @@ def explore_stage(spec: Spec, store: Store) -> None:
     seeds = spec.seed_structures()
     store.add_structures(seeds, [{"protocol": "seed"}] * len(seeds))
     done = store.records("explore")
-    trajectories = [
-        (key, seed, protocol, temperature, md_seed)
-        for protocol in spec.explore.protocols if isinstance(protocol, MDProtocol)
-        for seed in seeds
-        for temperature in protocol.temperatures
-        for md_seed in protocol.seeds
-        if (key := _trajectory_key(protocol, spec.explore.model, seed, temperature, md_seed))
-        not in done
-    ]
+    for i, protocol in enumerate(spec.explore.protocols):
+        try:
+            if protocol.kind in DYNAMICS:
+                _explore_md(spec, store, protocol, seeds, done)
+            elif (key := _protocol_key(protocol)) not in done:
+                parents = _structures_by_protocol(store, tuple(protocol.parents))
+                settings = protocol.model_dump(exclude={"kind", "parents"}, exclude_none=True)
+                candidates = tasks.derive(protocol.kind, parents, settings)
+                store.add_structures(candidates.structures, candidates.origins)
+                store.put_record("explore", key, {"structures": len(candidates), "stopped": None})
+        except ValueError as error:  # e.g. no periodic parent for a slab
+            raise HifidataError(f"explore.protocols[{i}] ({protocol.kind}): {error}") from None
+    reporter().note(f"explore: {len(store.structure_ids())} candidate structures")
+
+
+def _explore_md(spec: Spec, store: Store, protocol: Dynamics, seeds: list, done: dict) -> None:
+    """All trajectories of one MD protocol, advanced together (one model call per step).
+
+    Resume is per protocol: trajectories are seeded, so a rerun after a kill reproduces the
+    ones already stored and only the missing ones are added.
+    """
+    if protocol.kind == "npt":
+        seeds = [atoms for atoms in seeds if atoms.pbc.all()]
+    jobs = _md_jobs(protocol, spec.explore.model, seeds)
+    if all(key in done for key in jobs):
+        return
     bar = reporter()
-    bar.start("explore", "explore: MLIP MD", sum(t[2].steps for t in trajectories))
-    with _threads(1):  # trajectories run side by side, one core each
-        futures = {
-            tasks.md_trajectory.with_options(
-                task_run_name=f"md-{temperature:g}K-seed{md_seed}"
-            ).submit(
-                seed, spec.explore.model, temperature, protocol.steps, protocol.timestep,
-                protocol.friction, protocol.sample_every, md_seed,
-                progress=lambda n: bar.advance("explore", n),
-            ): key
-            for key, seed, protocol, temperature, md_seed in trajectories
-        }
-        for future in as_completed(futures):
-            candidates = future.result()
-            store.add_structures(candidates.structures, candidates.origins)
-            store.put_record("explore", futures[future],
-                             {"structures": len(candidates), "stopped": candidates.stopped})
-            if candidates.stopped:
-                bar.note(f"explore: a trajectory stopped early ({candidates.stopped})")
-    for protocol in spec.explore.protocols:
-        if isinstance(protocol, MDProtocol):
+    name = f"explore-{protocol.kind}"
+    bar.start(name, f"explore: {protocol.kind} ({len(jobs)} trajectories)",
+              len(jobs) * protocol.steps)
+    settings = protocol.model_dump(exclude={"kind"})
+    results = tasks.explore_md(
+        protocol.kind, seeds, spec.explore.model, settings, spec.explore.replicas,
+        spec.explore.device, progress=lambda n: bar.advance(name, n),
+    )
+    for key, candidates in zip(jobs, results, strict=True):
+        if key in done:
             continue
-        key = _protocol_key(protocol)
-        if key not in done:
-            parents = _structures_by_protocol(store, tuple(protocol.parents))
-            settings = protocol.model_dump(exclude={"kind", "parents"})
-            candidates = tasks.derive(protocol.kind, parents, settings)
-            store.add_structures(candidates.structures, candidates.origins)
-            store.put_record("explore", key, {"structures": len(candidates), "stopped": None})
-    bar.done("explore", f"{len(store.structure_ids())} candidate structures")
+        store.add_structures(candidates.structures, candidates.origins)
+        store.put_record("explore", key,
+                         {"structures": len(candidates), "stopped": candidates.stopped})
+        if candidates.stopped:
+            bar.note(f"explore: a {protocol.kind} trajectory stopped early ({candidates.stopped})")
+    bar.done(name)
+
+
+def _md_jobs(protocol: Dynamics, model: str, seeds: list) -> list[str]:
+    """One key per trajectory, in the order the dynamics functions return them."""
+    if protocol.kind == "md":
+        return [_trajectory_key(protocol, model, seed, temperature, md_seed)
+                for seed in seeds for temperature in protocol.temperatures
+                for md_seed in protocol.seeds]
+    own = protocol.model_dump(exclude={"temperatures", "pressures", "seeds"})
+    if protocol.kind == "npt":
+        return [_key("npt", own, model, structure_id(seed), temperature, pressure, md_seed)
+                for seed in seeds for temperature in protocol.temperatures
+                for pressure in protocol.pressures for md_seed in protocol.seeds]
+    return [_key("ramp", own, model, structure_id(seed), md_seed)
+            for seed in seeds for md_seed in protocol.seeds]
 
 
 def _trajectory_key(protocol: MDProtocol, model: str, seed, temperature: float,
@@ -149,7 +180,7 @@ def _trajectory_key(protocol: MDProtocol, model: str, seed, temperature: float,
 def _protocol_key(protocol: DerivedProtocol) -> str:
     """A derived protocol's settings; ``parents`` counts only when not the default, so stores
     from before it existed resume without redoing their rattles."""
-    own = protocol.model_dump()
+    own = {k: v for k, v in protocol.model_dump().items() if v is not None}  # later options
     if own["parents"] == type(protocol).model_fields["parents"].default:
         del own["parents"]
     return _key(protocol.kind, own)
@@ -187,18 +218,73 @@ def select_stage(spec: Spec, store: Store) -> None:
             x, rung.select.clusters, rung.select.per_cluster, rung.select.weighting,
             rung.select.strategy, rung.select.seed,
         )
+        arrays = {"features": x, "embedding": pick["embedding"], "cluster": pick["labels"],
+                  "explained_variance": pick["explained_variance"]}
+        if rung.select.uncertainty:
+            scores = _uncertainty(spec, store, rung.select.uncertainty, pool, x, known)
+            labeled = store.labeled_ids(rung.resolved.method_id)  # iteration k adds new ones
+            exclude = np.array([labeled.get(sid) == "ok" for sid in pool], dtype=bool)
+            pick.update(tasks.uncertainty_pick(pick["embedding"], pick["labels"], scores,
+                                               rung.select.per_cluster, exclude))
+            arrays["uncertainty"] = scores
+        elif rung.select.budget_hours:
+            pick.update(tasks.budget_pick(
+                pick["embedding"], pick["labels"], store.structures(pool), rung.engine,
+                dict(rung.resolved.params), _cost_model(store, rung, pool),
+                rung.select.budget_hours * 3600, rung.select.per_cluster,
+            ))
+            arrays["predicted_core_seconds"] = pick["seconds"]
         store.add_selection(Selection(
-            rung.name, pool, [pool[i] for i in pick["selected"]],
-            arrays={"features": x, "embedding": pick["embedding"], "cluster": pick["labels"],
-                    "explained_variance": pick["explained_variance"]},
+            rung.name, pool, [pool[i] for i in pick["selected"]], arrays=arrays,
             params={**params, "direct": pick["params"], "n_components": pick["n_components"],
-                    "coverage": pick["coverage"], "notes": pick["notes"]},
+                    "coverage": pick["coverage"], "notes": pick["notes"],
+                    **{k: pick[k] for k in ("cost_model",) if k in pick}},
         ))
         reporter().note(
             f"select: {len(pick['selected'])} of {len(pool)} for {rung.name} "
             f"({pick['n_components']} principal components, {pick['n_clusters_found']} clusters, "
             f"coverage {pick['coverage']:.2f})"
         )
+    _draw_maps(spec, store)
+
+
+def _draw_maps(spec: Spec, store: Store) -> None:
+    """Coverage map per rung and the element table of the labeled structures, in reports/."""
+    paths = store_maps(store, spec.campaign_dir / "reports")  # reads the store, as release does
+    store.put_record("maps", "campaign", {"paths": [store.relative(p) for p in paths]})
+
+
+def _uncertainty(spec: Spec, store: Store, settings, pool: list[str], x: np.ndarray,
+                 known: dict[str, np.ndarray]) -> np.ndarray:
+    """Each pool structure's uncertainty: committee force disagreement, or feature distance
+    to what rung ``distance_to`` labeled."""
+    if settings.committee:
+        members = [_model_ref(store, name) for name in settings.committee]
+        return tasks.committee_scores(store.structures(pool), members, settings.batch_size)
+    # what the rung selected counts as known (selections all come before labeling); its
+    # quarantined structures do not
+    rung = spec.rung(settings.distance_to)
+    status = store.labeled_ids(rung.resolved.method_id)
+    known_ids = [sid for sid in store.selection(rung.name).selected_ids
+                 if status.get(sid, "ok") == "ok"]
+    _featurize([sid for sid in known_ids if sid not in known], spec, store, known)
+    return tasks.feature_distance(np.stack([known[sid] for sid in known_ids]), x)
+
+
+def _cost_model(store: Store, rung, pool: list[str]):
+    """The rung's cost model: fitted to its timings in the store, else the shipped prior."""
+    method = rung.resolved
+    sizes = [costs.size_of(atoms, rung.engine, method.params)
+             for atoms in store.structures(pool[:50])]
+    registered = method.method_id in {m["method_id"] for m in store.methods()}
+    return costs.cost_model(rung.engine, method.params, store if registered else None,
+                            method.method_id, float(np.median(sizes)) if sizes else None)
+
+
+def _model_ref(store: Store, name: str) -> str:
+    """A pretrained MLIP's name, or the folder of a model this campaign trained."""
+    record = store.record("model", name)
+    return str(store.resolve(record["path"])) if record else name
 
 
 def _featurize(ids: list[str], spec: Spec, store: Store, known: dict[str, np.ndarray]) -> None:
@@ -252,6 +338,7 @@ def label_stage(spec: Spec, store: Store) -> None:
                          f"quarantined: {result.status}: {result.message}")
     for rung in spec.ladder:
         bar.done(rung.name)
+    _draw_maps(spec, store)
 
 
 # -- audit ---------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from hifidata.calculators import base
-from hifidata.calculators.mlip import MLIPCalculator, pretrained_chgnet
+from hifidata.calculators.mlip import PRETRAINED, pretrained_chgnet
 from hifidata.deploy import md
-from hifidata.sampling import explore, features
+from hifidata.sampling import costs, dynamics, explore, features, uncertainty
 from hifidata.sampling.direct import DirectSampler, coverage_score
 from hifidata.training import delta, finetune, metrology
 from hifidata.training.models import Model, load_model
@@ -28,23 +28,38 @@ Progress = Callable[[int], None] | None
 
 
 @task(**quiet)
-def md_trajectory(
-    seed_structure: Atoms, model: str, temperature: float, steps: int, timestep: float,
-    friction: float, sample_every: int, seed: int, progress: Progress = None,
-) -> explore.Candidates:
-    calculator = MLIPCalculator(pretrained_chgnet(model))
-    return explore.md_trajectory(
-        seed_structure, calculator, temperature, steps, timestep=timestep, friction=friction,
-        sample_every=sample_every, seed=seed, model=model, progress=progress,
-    )
+def explore_md(kind: str, seeds: Sequence[Atoms], model: str, settings: dict[str, Any],
+               replicas: int, device: str | None, progress: Progress = None
+               ) -> list[explore.Candidates]:
+    """Every trajectory of one MD protocol (``settings``: its fields), ``replicas`` per model call.
+
+    Returns one Candidates per trajectory, in the order campaign._md_jobs keys them.
+    """
+    common = {
+        "steps": settings["steps"], "md_seeds": settings["seeds"],
+        "timestep": settings["timestep"], "friction": settings["friction"],
+        "sample_every": settings["sample_every"], "model_name": model, "batch_size": replicas,
+        "device": device, "progress": progress,
+    }
+    network = pretrained_chgnet(model, device)
+    if kind == "md":
+        return dynamics.nvt(seeds, network, settings["temperatures"], **common)
+    if kind == "npt":
+        return dynamics.npt(seeds, network, settings["temperatures"], settings["pressures"],
+                            **common)
+    return dynamics.ramp(seeds, network, settings["schedule"], **common)
 
 
-DERIVED = {"rattle": explore.rattle, "strain": explore.strain, "vacancy": explore.vacancies}
+DERIVED = {
+    "rattle": explore.rattle, "strain": explore.strain, "vacancy": explore.vacancies,
+    "interstitial": explore.interstitials, "substitution": explore.substitutions,
+    "slab": explore.slabs, "cluster": explore.clusters,
+}
 
 
 @task(**quiet)
 def derive(kind: str, parents: Sequence[Atoms], settings: dict[str, Any]) -> explore.Candidates:
-    """Rattles, strains or vacancies of ``parents`` (``settings``: the protocol's own fields)."""
+    """One derived protocol applied to ``parents`` (``settings``: the protocol's own fields)."""
     return DERIVED[kind](parents, **settings)
 
 
@@ -63,6 +78,39 @@ def direct_pick(x: np.ndarray, clusters: int, per_cluster: int, weighting: bool,
     embedding = record["embedding"]
     record["coverage"] = coverage_score(embedding, embedding[record["selected"]])
     return record
+
+
+@task(**quiet)
+def committee_scores(structures: Sequence[Atoms], members: Sequence[str], batch_size: int
+                     ) -> np.ndarray:
+    """Force disagreement of a committee: pretrained MLIP names or trained model folders."""
+    models = [pretrained_chgnet(m) if m in PRETRAINED else load_model(m) for m in members]
+    return uncertainty.committee_uncertainty(models, structures, batch_size=batch_size)
+
+
+@task(**quiet)
+def feature_distance(reference: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return uncertainty.feature_distance(reference, x)
+
+
+@task(**quiet)
+def uncertainty_pick(embedding: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int,
+                     exclude: np.ndarray) -> dict[str, Any]:
+    """Within each DIRECT cluster the k most uncertain members not labeled yet."""
+    selected = uncertainty.select_by_uncertainty(labels, scores, k, exclude)
+    return {"selected": selected, "coverage": coverage_score(embedding, embedding[selected])}
+
+
+@task(**quiet)
+def budget_pick(embedding: np.ndarray, labels: np.ndarray, structures: Sequence[Atoms],
+                engine: str, params: dict, model: costs.CostModel, budget_seconds: float, k: int
+                ) -> dict[str, Any]:
+    """The members of the DIRECT clusters that cover the embedding best within the budget."""
+    seconds = costs.label_seconds(model, structures, engine, params)
+    selected = np.sort(costs.allocate(embedding, labels, seconds, budget_seconds, k))
+    return {"selected": selected, "seconds": seconds,
+            "coverage": coverage_score(embedding, embedding[selected]) if len(selected) else 0.0,
+            "cost_model": model.describe()}
 
 
 @task(**quiet)
