@@ -325,6 +325,10 @@ def print_summary(status: dict) -> None:
                         ("parity plot", status["parity_plot"]), ("release", status["release"])):
         if path:
             out.print(f"{label}: {path}")
+    if status.get("coverage_maps"):
+        folder = Path(status["coverage_maps"][0]).parent
+        out.print(f"coverage maps: {folder}/ ("
+                  + ", ".join(Path(p).name for p in status["coverage_maps"]) + ")")
     if status.get("timings_s"):
         out.print("wall time per stage (this run): " + ", ".join(
             f"{stage} {seconds:.0f} s" for stage, seconds in status["timings_s"].items()))

@@ -47,6 +47,8 @@ def campaign_status(store: Store) -> dict[str, Any]:
         "models": {name: str(store.resolve(m["path"])) for name, m in models.items()},
         "final_model": str(store.resolve(models[final]["path"])) if final in models else None,
         "parity_plot": _resolved(store, store.record("evaluation", "campaign"), "parity_plot"),
+        "coverage_maps": [str(store.resolve(p)) for p in
+                          (store.record("maps", "campaign") or {}).get("paths", [])],
         "release": _resolved(store, store.record("release", "campaign"), "path"),
         "failures": failures[:MAX_FAILURES_LISTED],
         "failures_total": len(failures),
