@@ -11,10 +11,13 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
+import hifidata.sampling.direct as direct
 from hifidata.sampling.direct import (
     BirchClustering,
     DirectSampler,
     KaiserPCA,
+    _nearest_center,
+    _ward_merge,
     coverage_per_component,
     coverage_score,
     select_k_per_cluster,
@@ -48,6 +51,17 @@ def test_kaiser_keeps_one_component_per_latent_variable():
     np.testing.assert_allclose(pca.explained_variance_[:3], 3.0, atol=0.1)
     assert pca.explained_variance_[3:].max() < 0.05
     assert pca.transform(StandardScaler().fit_transform(X)).shape == (1000, 3)
+
+
+def test_kaiser_transform_is_the_pca_projection_block_by_block(monkeypatch):
+    rng = np.random.default_rng(3)
+    X = StandardScaler().fit_transform(rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)))
+    pca = KaiserPCA().fit(X)
+    monkeypatch.setattr(direct, "BLOCK", 64)  # 500 rows: 8 blocks, the last one short
+
+    np.testing.assert_allclose(
+        pca.transform(X), pca.pca_.transform(X)[:, : pca.n_components_], atol=1e-12
+    )
 
 
 def test_kaiser_on_independent_features_keeps_the_sampling_noise_above_one():
@@ -96,21 +110,120 @@ def test_every_cluster_contributes_and_birch_recovers_the_blobs(blobs):
     assert len(np.unique(sampler.selected_)) == len(sampler.selected_) == 12
 
 
-def test_threshold_is_lowered_until_the_target_cluster_count_is_reached(blobs):
+@pytest.mark.parametrize("threshold_init", [1e3, 1e-6])
+def test_threshold_search_reaches_the_target_without_hand_tuning(blobs, threshold_init):
+    # 1e3: one subcluster swallows everything; 1e-6: every sample is a subcluster of its own
     X, y = blobs
-    too_large = 1e3  # one subcluster swallows everything at this radius
-    clustering = BirchClustering(n_clusters=6, threshold_init=too_large).fit(X)
+    clustering = BirchClustering(n_clusters=6, threshold_init=threshold_init).fit(X)
+    thresholds, _, outcomes = zip(*clustering.search_, strict=True)
 
-    assert clustering.threshold_ < too_large
-    assert clustering.n_subclusters_ >= 6
+    assert thresholds[0] == threshold_init
+    assert outcomes[-1] == "ok" and thresholds[-1] == clustering.threshold_
+    assert clustering.aim_ == 30  # oversample 5 × 6 clusters
+    assert 30 <= clustering.n_subclusters_ <= 33  # within tol = 10 % above the aim
+    assert len(thresholds) < 30  # geometric steps, not maml's linear rescaling
+    assert 1e-3 < clustering.threshold_ < 10  # the blobs' scale, found from 9 decades away
     assert clustering.n_clusters_ == 6
     assert adjusted_rand_score(y, clustering.labels_) > 0.95
     for label, center in enumerate(clustering.centers_):
         np.testing.assert_allclose(center, X[clustering.labels_ == label].mean(axis=0))
 
-    many = DirectSampler(n_clusters=40, threshold_init=too_large).fit(X)
-    assert many.record()["n_clusters_found"] == 40
-    assert many.record()["threshold"] < too_large
+    many = DirectSampler(n_clusters=40, threshold_init=threshold_init).fit(X).record()
+    assert many["n_clusters_found"] == 40
+    assert many["threshold_search"][-1] == [many["threshold"], many["n_subclusters"], "ok"]
+
+
+@pytest.mark.parametrize("n_clusters", [2, 7, 50, 199, 300])
+def test_exactly_n_clusters_when_there_are_enough_distinct_samples(n_clusters):
+    # 300 distinct rows in 4 tight groups: BIRCH's radius alone would see 4 clusters
+    X, _ = make_blobs(n_samples=300, centers=4, n_features=3, cluster_std=0.01, random_state=1)
+    clustering = BirchClustering(n_clusters=n_clusters).fit(X)
+
+    assert clustering.n_clusters_ == n_clusters
+    np.testing.assert_array_equal(np.unique(clustering.labels_), np.arange(n_clusters))
+    # numbered in order of first appearance
+    _, first = np.unique(clustering.labels_, return_index=True)
+    assert np.all(np.diff(first) > 0)
+
+
+def test_global_step_is_greedy_weighted_ward():
+    rng = np.random.default_rng(6)
+    centers = rng.normal(size=(25, 2))
+    sizes = rng.integers(1, 20, size=25).astype(float)
+
+    def naive(target):  # merge the globally cheapest pair until target clusters are left
+        groups = [([i], centers[i], sizes[i]) for i in range(25)]
+        while len(groups) > target:
+            _, a, b = min(
+                (na * nb / (na + nb) * ((ca - cb) ** 2).sum(), a, b)
+                for a, (_, ca, na) in enumerate(groups)
+                for b, (_, cb, nb) in enumerate(groups)
+                if a < b
+            )
+            (ma, ca, na), (mb, cb, nb) = groups[a], groups[b]
+            groups[a] = (ma + mb, (na * ca + nb * cb) / (na + nb), na + nb)
+            del groups[b]
+        labels = np.empty(25, dtype=int)
+        for label, (members, _, _) in enumerate(groups):
+            labels[members] = label
+        return labels
+
+    for target in (1, 5, 12, 24):
+        merged = _ward_merge(centers, sizes, target, n_neighbors=24)  # complete graph
+        assert len(np.unique(merged)) == target
+        assert adjusted_rand_score(naive(target), merged) == 1.0
+    # the sizes count: 0 and 1 are the closest pair, but merging two heavy points costs more
+    # than moving a light one twice as far
+    line = np.array([[0.0], [1.0], [3.0]])
+    unweighted = _ward_merge(line, np.ones(3), 2)
+    weighted = _ward_merge(line, np.array([50.0, 50.0, 1.0]), 2)
+    assert unweighted[0] == unweighted[1] != unweighted[2]
+    assert weighted[0] != weighted[1] == weighted[2]
+
+
+def test_nearest_center_is_exact(monkeypatch):
+    X, _ = make_blobs(n_samples=3000, centers=30, n_features=5, random_state=2)
+    centers = X[np.random.default_rng(0).choice(3000, 400, replace=False)] + 0.05
+    monkeypatch.setattr(direct, "BLOCK", 1000)
+    nearest, nearest_sq = _nearest_center(X, centers)
+
+    brute = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(nearest, brute.argmin(axis=1))
+    np.testing.assert_allclose(nearest_sq, brute.min(axis=1), rtol=1e-9, atol=1e-12)
+
+
+def test_large_n_path_subsamples_and_still_picks_every_known_cluster():
+    # 30,000 rows, 12 known clusters from 0.6 % to 30 % of the rows, BIRCH on 2,000 of them
+    sizes = np.round(np.geomspace(188, 9030, 12)).astype(int)  # make_blobs shuffles the rows
+    X, y = make_blobs(n_samples=sizes, n_features=8, cluster_std=0.8, random_state=4)
+    sampler = DirectSampler(n_clusters=12, max_samples=2000).fit(X)
+    record = sampler.record()
+
+    assert 29_900 < len(X) < 30_100
+    assert record["birch_samples"] == 2000
+    assert record["n_clusters_found"] == 12
+    assert adjusted_rand_score(y, sampler.labels_) > 0.99
+    assert np.bincount(y[record["selected"]], minlength=12).tolist() == [1] * 12
+
+
+def test_a_rare_isolated_group_gets_a_cluster_even_when_the_subsample_misses_it():
+    rng = np.random.default_rng(9)
+    bulk = rng.normal(size=(30_000, 8))
+    rare = 500.0 + rng.normal(size=(3, 8))  # 1 row in 10,000, far from everything
+    X = np.vstack([bulk, rare])
+    group = np.arange(30_000, 30_003)
+    missed = 0
+    for seed in range(6):
+        clustering = BirchClustering(n_clusters=5, max_samples=2000, seed=seed).fit(X)
+        labels = clustering.labels_
+        assert clustering.subsampled_ and clustering.n_samples_fit_ == 2000
+        assert len(set(labels[group])) == 1
+        assert np.count_nonzero(labels == labels[group[0]]) == 3  # a cluster of its own
+        missed += clustering.n_outliers_ > 0
+        assert clustering.n_outliers_ in (0, 3)
+    assert missed > 0  # the subsample missed the group at least once (each time: p ≈ 0.8)
+    selected = DirectSampler(n_clusters=5, max_samples=2000).fit(X).selected_
+    assert np.isin(group, selected).sum() == 1
 
 
 def test_center_strategy_picks_the_members_nearest_the_centroid(blobs):
@@ -142,13 +255,19 @@ def test_spread_strategy_spans_the_distance_ranking():
     assert sorted(np.abs(X[spread, 0])) == [0.0, 3.0, 5.0]
 
 
-def test_selection_is_reproducible_from_the_seed(blobs):
+@pytest.mark.parametrize("max_samples", [None, 200])  # 200 of 600: the subsample path
+def test_selection_is_reproducible_from_the_seed(blobs, max_samples):
     X, _ = blobs
     for strategy in ("center", "random"):
-        first = DirectSampler(n_clusters=12, k=3, strategy=strategy, seed=7).fit(X).record()
-        again = clone(DirectSampler(n_clusters=12, k=3, strategy=strategy, seed=7)).fit(X).record()
+        sampler = DirectSampler(
+            n_clusters=12, k=3, strategy=strategy, seed=7, max_samples=max_samples
+        )
+        first = sampler.fit(X).record()
+        again = clone(sampler).fit(X).record()
         for key in ("selected", "labels", "embedding", "explained_variance"):
             np.testing.assert_array_equal(first[key], again[key])
+        assert first["threshold_search"] == again["threshold_search"]
+        assert first["birch_samples"] == (600 if max_samples is None else 200)
     other_seed = DirectSampler(n_clusters=12, k=3, strategy="random", seed=8).fit(X)
     assert not np.array_equal(other_seed.selected_, first["selected"])
 
@@ -213,6 +332,7 @@ def test_bad_parameters_name_themselves():
         ({"n_clusters": 2, "k": 0}, "k"),
         ({"n_clusters": 2, "strategy": "farthest"}, "strategy"),
         ({"n_clusters": 2, "threshold_init": 0.0}, "threshold_init"),
+        ({"n_clusters": 2, "max_samples": 0}, "max_samples"),
     ]:
         with pytest.raises(ValueError, match=name):
             DirectSampler(**params).fit(X)
