@@ -42,6 +42,18 @@ torch's default (2 threads):
     Si (8-atom cell)         1     8  one at a time     78    1.00×
     Si (8-atom cell)        64     8  batched          203    2.60×
 
+Rerun on the same box with nothing else running (torch default, 2 threads, --repeats 1):
+
+    water dimer             32     6  one at a time    548    1.00×
+    water dimer             32     6  batched         1640    2.99×
+    Si (8-atom cell)        32     8  one at a time    517    1.00×
+    Si (8-atom cell)        32     8  batched          751    1.45×
+    featurization (256)  batch
+    water dimer              1     6  one at a time    237    1.00×
+    water dimer             64     6  batched          862    3.63×
+    Si (8-atom cell)         1     8  one at a time    152    1.00×
+    Si (8-atom cell)        64     8  batched          257    1.69×
+
 Reading: best batched against best one-at-a-time is ~2.6× for the water dimer (1515 vs 573)
 and ~1.2× for Si; the 5.8× of the 2-thread row is mostly its slow baseline (a second
 intra-op thread spinning on a busy box). On this CPU a batched call is compute bound: CHGNet

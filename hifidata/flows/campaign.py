@@ -257,7 +257,7 @@ def _draw_maps(spec: Spec, store: Store) -> None:
 def _uncertainty(spec: Spec, store: Store, settings, pool: list[str], x: np.ndarray,
                  known: dict[str, np.ndarray]) -> np.ndarray:
     """Each pool structure's uncertainty: committee force disagreement, or feature distance
-    to what rung ``distance_to`` labeled."""
+    to what rung ``distance_to`` selected."""
     if settings.committee:
         members = [_model_ref(store, name) for name in settings.committee]
         return tasks.committee_scores(store.structures(pool), members, settings.batch_size)
