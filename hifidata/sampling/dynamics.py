@@ -84,6 +84,45 @@ def _candidates(result: MDResult, origin: dict, parent: Atoms, ramp: bool = Fals
     return Candidates(result.frames, origins, result.stopped)
 
 
+def _run_protocol(
+    runs: list[tuple[Atoms, float | list[float], float | None, int, dict]],
+    model,
+    steps: int,
+    *,
+    timestep: float,
+    friction: float,
+    sample_every: int,
+    check_every: int | None,
+    min_distance: float,
+    keep_bonds: bool | None,
+    model_name: str,
+    batch_size: int,
+    device: str | None,
+    progress: Progress,
+    max_volume_change: float = VOLUME_CHANGE_FACTOR,
+    barostat_time: float = 200.0,
+    hydrostatic: bool = True,
+) -> list[Candidates]:
+    """One MD job per run (seed structure, temperature or schedule, pressure or None, MD seed,
+    what its origins say), all batched; one Candidates per run, in order."""
+    jobs = []
+    for atoms, target, pressure, md_seed, _ in runs:
+        hottest = max(target) if isinstance(target, list) else target  # runaway is judged on it
+        jobs.append(MDJob(
+            atoms, target, steps, pressure=pressure, timestep=timestep, friction=friction,
+            seed=md_seed, sample_every=sample_every, check_every=check_every or sample_every,
+            barostat_time=barostat_time, hydrostatic=hydrostatic,
+            monitors=exploration_monitors(atoms, hottest, min_distance, keep_bonds,
+                                          pressure is not None, max_volume_change),
+        ))
+    results = _run(jobs, model, device, batch_size, progress)
+    return [
+        _candidates(result, {**own, "seed": md_seed, "timestep": timestep, "model": model_name},
+                    atoms, ramp=isinstance(target, list))
+        for result, (atoms, target, _, md_seed, own) in zip(results, runs, strict=True)
+    ]
+
+
 def nvt(
     seeds: Sequence[Atoms],
     model,
@@ -108,21 +147,14 @@ def nvt(
     explore.md_trajectory's: {"protocol": "md", "temperature", "step", "seed", "timestep",
     "model", "parent"}. T in K, timestep in fs, friction in 1/fs.
     """
-    jobs, keys = [], []
-    for atoms in seeds:
-        for temperature in temperatures:
-            for md_seed in md_seeds:
-                jobs.append(MDJob(
-                    atoms, float(temperature), steps, timestep=timestep, friction=friction,
-                    seed=md_seed, sample_every=sample_every,
-                    check_every=check_every or sample_every,
-                    monitors=exploration_monitors(atoms, temperature, min_distance, keep_bonds),
-                ))
-                keys.append((atoms, {"protocol": "md", "temperature": temperature,
-                                     "seed": md_seed, "timestep": timestep,
-                                     "model": model_name}))
-    results = _run(jobs, model, device, batch_size, progress)
-    return [_candidates(r, origin, atoms) for r, (atoms, origin) in zip(results, keys, strict=True)]
+    runs = [(atoms, float(temperature), None, md_seed,
+             {"protocol": "md", "temperature": temperature})
+            for atoms in seeds for temperature in temperatures for md_seed in md_seeds]
+    return _run_protocol(
+        runs, model, steps, timestep=timestep, friction=friction, sample_every=sample_every,
+        check_every=check_every, min_distance=min_distance, keep_bonds=keep_bonds,
+        model_name=model_name, batch_size=batch_size, device=device, progress=progress,
+    )
 
 
 def npt(
@@ -155,24 +187,17 @@ def npt(
     """
     if not all(atoms.pbc.all() for atoms in seeds):
         raise ValueError("npt needs periodic seeds (pbc on all three axes, with a cell)")
-    jobs, keys = [], []
-    for atoms in seeds:
-        for temperature in temperatures:
-            for pressure in pressures:
-                for md_seed in md_seeds:
-                    jobs.append(MDJob(
-                        atoms, float(temperature), steps, pressure=float(pressure),
-                        timestep=timestep, friction=friction, seed=md_seed,
-                        sample_every=sample_every, check_every=check_every or sample_every,
-                        barostat_time=barostat_time, hydrostatic=hydrostatic,
-                        monitors=exploration_monitors(atoms, temperature, min_distance,
-                                                      keep_bonds, True, max_volume_change),
-                    ))
-                    keys.append((atoms, {"protocol": "npt", "temperature": temperature,
-                                         "pressure": pressure, "seed": md_seed,
-                                         "timestep": timestep, "model": model_name}))
-    results = _run(jobs, model, device, batch_size, progress)
-    return [_candidates(r, origin, atoms) for r, (atoms, origin) in zip(results, keys, strict=True)]
+    runs = [(atoms, float(temperature), float(pressure), md_seed,
+             {"protocol": "npt", "temperature": temperature, "pressure": pressure})
+            for atoms in seeds for temperature in temperatures for pressure in pressures
+            for md_seed in md_seeds]
+    return _run_protocol(
+        runs, model, steps, timestep=timestep, friction=friction, sample_every=sample_every,
+        check_every=check_every, min_distance=min_distance, keep_bonds=keep_bonds,
+        max_volume_change=max_volume_change, barostat_time=barostat_time,
+        hydrostatic=hydrostatic, model_name=model_name, batch_size=batch_size, device=device,
+        progress=progress,
+    )
 
 
 def ramp(
@@ -208,22 +233,14 @@ def ramp(
     schedule = [float(t) for t in temperatures]
     if not schedule:
         raise ValueError("a ramp needs at least one temperature")
-    jobs, keys = [], []
-    for atoms in seeds:
-        for md_seed in md_seeds:
-            jobs.append(MDJob(
-                atoms, schedule, steps, pressure=pressure, timestep=timestep, friction=friction,
-                seed=md_seed, sample_every=sample_every,
-                check_every=check_every or sample_every, barostat_time=barostat_time,
-                hydrostatic=hydrostatic,
-                monitors=exploration_monitors(atoms, max(schedule), min_distance, keep_bonds,
-                                              pressure is not None, max_volume_change),
-            ))
-            origin = {"protocol": "ramp", "schedule": schedule, "seed": md_seed,
-                      "timestep": timestep, "model": model_name}
-            if pressure is not None:
-                origin["pressure"] = pressure
-            keys.append((atoms, origin))
-    results = _run(jobs, model, device, batch_size, progress)
-    return [_candidates(r, origin, atoms, ramp=True)
-            for r, (atoms, origin) in zip(results, keys, strict=True)]
+    under_pressure = {} if pressure is None else {"pressure": pressure}
+    runs = [(atoms, schedule, pressure, md_seed,
+             {"protocol": "ramp", "schedule": schedule, **under_pressure})
+            for atoms in seeds for md_seed in md_seeds]
+    return _run_protocol(
+        runs, model, steps, timestep=timestep, friction=friction, sample_every=sample_every,
+        check_every=check_every, min_distance=min_distance, keep_bonds=keep_bonds,
+        max_volume_change=max_volume_change, barostat_time=barostat_time,
+        hydrostatic=hydrostatic, model_name=model_name, batch_size=batch_size, device=device,
+        progress=progress,
+    )
