@@ -211,15 +211,83 @@ def predict(
     output: Path = typer.Option(..., "--out", help="Where to write the extxyz predictions."),
     charge: int = typer.Option(0, help="Charge of every structure (if the file has none)."),
     batch_size: int = typer.Option(32, help="Structures per model call."),
+    rung: str = typer.Option(None, help="The rung to predict: any of a multi-fidelity model's "
+                             "rungs, or a composite's base rung (default: the model's own)."),
 ) -> None:
-    """Energies and forces of a trained model, written as extxyz."""
+    """Energies and forces of a trained model (any kind), written as extxyz."""
     _quiet_prefect(False)
     from hifidata.flows.predict import predict_file
     from hifidata.flows.progress import reporting
 
     with RichReporter(console) as bars, reporting(bars):
-        n = predict_file(model, structures, output, charge=charge, batch_size=batch_size)
+        n = predict_file(model, structures, output, charge=charge, batch_size=batch_size,
+                         rung=rung)
     out.print(f"wrote {n} predictions to {output}")
+
+
+@app.command()
+def train(
+    store: Path = typer.Argument(..., help="The campaign store (.h5)."),
+    recipe: str = typer.Option(..., help="finetune, delta or multifidelity."),
+    rung: str = typer.Option(None, help="finetune: the rung to learn (delta: its low rung)."),
+    high: str = typer.Option(None, help="delta: the rung whose difference to --rung is "
+                             "learned."),
+    rungs: str = typer.Option(None, help="multifidelity: comma-separated rungs (default: all)."),
+    predict: str = typer.Option(None, help="multifidelity: the rung it predicts by default "
+                                "(default: the last of --rungs)."),
+    base: str = typer.Option(None, help="The pretrained start: chgnet-0.3.0, chgnet-r2scan or "
+                             "7net-0 (finetune); 7net-mf-0 (multifidelity)."),
+    epochs: int = typer.Option(None, help="The most epochs (early stopping may end sooner)."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """Train a model on a store's labels, as a campaign's train stage does, outside it."""
+    _quiet_prefect(verbose)
+    from hifidata.flows.progress import reporting
+    from hifidata.flows.train import run_train
+
+    with RichReporter(console) as bars, reporting(bars):
+        name, path = run_train(store, recipe, rung=rung, high=high, rungs=rungs,
+                               predict=predict, base=base, epochs=epochs, device=device)
+    out.print(f"model {name}: {path}")
+
+
+@app.command()
+def evaluate(
+    store: Path = typer.Argument(..., help="The campaign store (.h5) with the labels."),
+    model: str = typer.Argument(..., help="A model of the campaign by name, a model folder, "
+                                "or a pretrained MLIP (chgnet-0.3.0)."),
+    temperatures: str = typer.Option("300,600", help="MD stability: comma-separated K."),
+    replicas: int = typer.Option(4, help="MD stability: runs per temperature and seed."),
+    steps: int = typer.Option(2000, help="MD stability: steps per run (0.5 fs each)."),
+    scan: list[str] = typer.Option([], help="An energy slice of the first seed, I,J:START:END:"
+                                   "POINTS (Å), e.g. 0,3:2.4:4.0:9; give two for a 2-D grid "
+                                   "(repeat the option)."),
+    scan_rungs: str = typer.Option(None, help="Rungs that label the scan (comma-separated; "
+                                   "default: every rung for 1-D, none for 2-D)."),
+    workers: int = typer.Option(2, help="Labels at a time (scan labels)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """A model's metrology report: errors per rung, element and origin, MD stability, slices."""
+    _quiet_prefect(verbose)
+    from hifidata.flows.evaluate import run_evaluate, scan_option, stability_option
+    from hifidata.flows.progress import reporting
+
+    with RichReporter(console) as bars, reporting(bars):
+        record = run_evaluate(
+            store, model, stability_settings=stability_option(temperatures, replicas, steps),
+            scans=scan_option(scan, scan_rungs), workers=workers)
+    table = Table(title=f"{record['model']} on each rung's test split", title_justify="left")
+    for column in ("rung", "structures", "E MAE meV/atom", "F MAE meV/Å"):
+        table.add_column(column, justify="left" if column == "rung" else "right")
+    for row in record["errors"]:
+        table.add_row(row["rung"], str(row["n_structures"]),
+                      f"{row.get('energy_mae_meV_per_atom', float('nan')):.2f}",
+                      f"{row.get('force_mae_meV_per_A', float('nan')):.1f}")
+    out.print(table)
+    for temperature, row in (record["stability"] or {}).items():
+        out.print(f"MD {temperature} K: {row['stable']}/{row['runs']} runs stable")
+    out.print(f"report: {record['report']}")
 
 
 @app.command()
@@ -321,6 +389,16 @@ def print_summary(status: dict) -> None:
         verdict = "stayed physical" if deploy["stable"] else f"UNSTABLE ({deploy['stopped']})"
         out.print(f"MD: {deploy['model']}, {deploy['time_ps']:.2f} ps at "
                   f"{deploy['temperature_K']:g} K: {verdict}; {deploy['ns_per_day']:.2f} ns/day")
+    for name, report in status.get("reports", {}).items():
+        for temperature, row in (report["stability"] or {}).items():
+            out.print(f"MD stability of {name} at {temperature} K: {row['stable']}/{row['runs']} "
+                      f"runs stable over {row['simulated_ps'] / row['runs']:.2f} ps each")
+        for piece in report["slices"] or []:
+            for rung, err in piece.items():
+                if isinstance(err, dict):
+                    out.print(f"slice {piece['coordinate']} of {name} vs {rung}: MAE "
+                              f"{err['mae_meV']:.1f} meV, max {err['max_meV']:.1f} meV")
+        out.print(f"report of {name}: {report['report']}")
     for label, path in (("final model", status["final_model"]),
                         ("parity plot", status["parity_plot"]), ("release", status["release"])):
         if path:

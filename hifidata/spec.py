@@ -24,6 +24,7 @@ STAGES = ("explore", "select", "label", "audit", "train", "evaluate", "deploy", 
 
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class _Strict(BaseModel):
@@ -250,7 +251,13 @@ class Select(_Strict):
     batch_size: PositiveInt = 64
 
 
+RECIPES = ("finetune", "delta", "multifidelity")
+
+
 class Finetune(_Strict):
+    """Fine-tune a pretrained MLIP on one rung: CHGNet (chgnet-0.3.0, chgnet-r2scan) or
+    SevenNet (7net-0)."""
+
     rung: str
     base: str = "chgnet-0.3.0"
     epochs: PositiveInt = 100
@@ -260,6 +267,8 @@ class Finetune(_Strict):
 
 
 class Delta(_Strict):
+    """A Δ-model of ``high`` − ``low`` on top of the model fine-tuned on ``low``."""
+
     low: str  # rung the fine-tuned model learned
     high: str  # rung whose difference to ``low`` the Δ-model learns
     epochs: PositiveInt = 300
@@ -268,13 +277,79 @@ class Delta(_Strict):
     patience: PositiveInt = 60
 
 
+class MultiFidelity(_Strict):
+    """One SevenNet model trained on several rungs at once, a modality per rung, starting from
+    7net-MF-0; it predicts any of them (``predict``: the one a campaign deploys)."""
+
+    rungs: list[str] | None = Field(default=None, min_length=2)  # default: every rung
+    predict: str | None = None  # default: the last of ``rungs``, the top rung
+    base: Literal["7net-mf-0"] = "7net-mf-0"
+    epochs: PositiveInt = 60
+    learning_rate: Positive = 3e-3  # new modalities start at zero: 1e-3 left them behind
+    batch_size: PositiveInt = 4
+    patience: PositiveInt = 20
+
+
 class Train(_Strict):
+    """How the campaign turns labels into a model: ``recipe`` names the one whose model is
+    deployed; the default is multifidelity when that block is given, else delta when that
+    block is given, else finetune."""
+
+    recipe: Literal["finetune", "delta", "multifidelity"] | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
     seed: int = 0
     device: str | None = None  # default: cuda when present, else cpu
-    finetune: Finetune
+    finetune: Finetune | None = None
     delta: Delta | None = None
+    multifidelity: MultiFidelity | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, data):
+        if isinstance(data, dict) and data.get("recipe") is None:
+            data = {**data, "recipe": ("multifidelity" if data.get("multifidelity") else
+                                       "delta" if data.get("delta") else "finetune")}
+        if isinstance(data, dict) and data["recipe"] == "multifidelity":
+            data = {**data, "multifidelity": data.get("multifidelity") or {}}
+        return data
+
+    @model_validator(mode="after")
+    def _recipe(self) -> Train:
+        if self.recipe in ("finetune", "delta") and self.finetune is None:
+            raise ValueError(f"recipe {self.recipe} needs a finetune block (rung, base, ...)")
+        if self.recipe == "delta" and self.delta is None:
+            raise ValueError("recipe delta needs a delta block (low, high)")
+        return self
+
+
+class Stability(_Strict):
+    """MD stability of the final model: ``replicas`` Langevin runs per temperature."""
+
+    temperatures: list[Positive] = Field(default=[300.0, 600.0], min_length=1)  # K
+    replicas: PositiveInt = 4
+    steps: PositiveInt = 2000
+    timestep: Positive = 0.5  # fs
+    min_distance: Positive = 0.6  # Å
+
+
+class ScanCoordinate(_Strict):
+    atoms: tuple[NonNegativeInt, NonNegativeInt]  # indices in the first seed structure
+    values: tuple[float, float]  # Å, first and last
+    points: Annotated[int, Field(ge=2, le=200)] = 9
+
+
+class Scan(_Strict):
+    """An energy-landscape slice of the first seed: one distance (1-D) or two (a 2-D grid),
+    with labels computed on the scan by ``rungs`` (default: every rung, 1-D scans only)."""
+
+    coordinates: list[ScanCoordinate] = Field(min_length=1, max_length=2)
+    rungs: list[str] | None = None
+
+
+class Evaluate(_Strict):
+    stability: Stability | None = Stability()
+    scans: list[Scan] = []
 
 
 class Deploy(_Strict):
@@ -308,6 +383,7 @@ class Spec(_Strict):
     ladder: list[Rung] = Field(min_length=1)
     audit: list[Audit] = []
     train: Train | None = None  # without it the campaign stops at its dataset (no model)
+    evaluate: Evaluate = Evaluate()
     deploy: Deploy = Deploy()
     release: Release = Release()
     execution: Execution = Execution()
@@ -352,15 +428,33 @@ class Spec(_Strict):
                 raise ValueError(f"audit[{i}].methods: give two different rungs")
         if self.train is None:
             return self
-        rungs = {"finetune.rung": self.train.finetune.rung}
-        if self.train.delta:
-            rungs.update({"delta.low": self.train.delta.low, "delta.high": self.train.delta.high})
-            if self.train.delta.low != self.train.finetune.rung:
+        train = self.train
+        rungs = {"finetune.rung": train.finetune.rung} if train.finetune else {}
+        if train.delta:
+            rungs.update({"delta.low": train.delta.low, "delta.high": train.delta.high})
+            if train.finetune and train.delta.low != train.finetune.rung:
                 raise ValueError("train.delta.low must be the rung train.finetune learns")
+        if train.multifidelity:
+            mf = train.multifidelity
+            rungs.update({f"multifidelity.rungs[{i}]": r for i, r in enumerate(mf.rungs or [])})
+            if mf.predict:
+                rungs["multifidelity.predict"] = mf.predict
+                if mf.predict not in (mf.rungs or names):
+                    raise ValueError("train.multifidelity.predict must be one of its rungs")
+            if len(names) < 2 and not mf.rungs:
+                raise ValueError("train.multifidelity needs a ladder of two rungs or more")
+        for i, scan in enumerate(self.evaluate.scans):
+            rungs.update({f"evaluate.scans[{i}].rungs": r for r in scan.rungs or []})
         for where, rung in rungs.items():
             if rung not in names:
-                raise ValueError(f"train.{where}: no rung named {rung!r} (rungs: {names})")
+                raise ValueError(f"{'' if where.startswith('eval') else 'train.'}{where}: "
+                                 f"no rung named {rung!r} (rungs: {names})")
         return self
+
+    def multifidelity_rungs(self) -> list[str]:
+        """The rungs the multi-fidelity model learns, cheapest first."""
+        chosen = self.train.multifidelity.rungs
+        return [r.name for r in self.ladder if chosen is None or r.name in chosen]
 
     # -- derived paths ---------------------------------------------------------------------
     @property
@@ -416,7 +510,7 @@ def load_spec(path: str | Path, check_inputs: bool = True) -> Spec:
     try:
         spec = Spec.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as error:
-        raise SpecError(f"{path}: {_first_error(error)}") from None
+        raise SpecError(f"{path}: {first_error(error)}") from None
     if check_inputs:
         check_spec_inputs(spec, path)
     return spec
@@ -429,6 +523,12 @@ def check_spec_inputs(spec: Spec, path: Path) -> None:
         if protocol.kind == "npt" and not any(atoms.pbc.all() for atoms in seeds):
             raise SpecError(f"{path}: explore.protocols[{i}] (npt): no seed is periodic; NPT "
                             "needs a crystal (pbc on all three axes, with a cell)")
+    for i, scan in enumerate(spec.evaluate.scans):
+        for j, coordinate in enumerate(scan.coordinates):
+            if max(coordinate.atoms) >= len(seeds[0]) or len(set(coordinate.atoms)) < 2:
+                raise SpecError(f"{path}: evaluate.scans[{i}].coordinates[{j}].atoms: "
+                                f"{list(coordinate.atoms)} are not two atoms of the first seed "
+                                f"({len(seeds[0])} atoms, indices from 0)")
     for i, rung in enumerate(spec.ladder):
         try:
             method = rung.resolved
@@ -444,7 +544,7 @@ def check_spec_inputs(spec: Spec, path: Path) -> None:
                 ) from None
 
 
-def _first_error(error: ValidationError) -> str:
+def first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
     message = first["msg"].removeprefix("Value error, ")

@@ -45,6 +45,7 @@ def tiny_spec(**overrides) -> dict:
     spec["ladder"][1]["select"] = {"from": "dft", "clusters": 5}
     spec["train"]["finetune"] = {"rung": "dft", "epochs": 3, "batch_size": 4}
     spec["train"]["delta"] = {"low": "dft", "high": "ccsdt", "epochs": 3, "batch_size": 2}
+    spec["evaluate"] = {"stability": {"temperatures": [300], "replicas": 2, "steps": 40}}
     spec["deploy"] = {"steps": 40, "sample_every": 10}
     for key, value in overrides.items():
         spec[key] = value

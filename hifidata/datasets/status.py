@@ -47,6 +47,9 @@ def campaign_status(store: Store) -> dict[str, Any]:
         "models": {name: str(store.resolve(m["path"])) for name, m in models.items()},
         "final_model": str(store.resolve(models[final]["path"])) if final in models else None,
         "parity_plot": _resolved(store, store.record("evaluation", "campaign"), "parity_plot"),
+        "reports": {name: {"report": str(store.resolve(r["report"])),
+                           "stability": r.get("stability"), "slices": r.get("slices")}
+                    for name, r in store.records("evaluation").items() if "report" in r},
         "coverage_maps": [str(store.resolve(p)) for p in
                           (store.record("maps", "campaign") or {}).get("paths", [])],
         "release": _resolved(store, store.record("release", "campaign"), "path"),

@@ -75,7 +75,7 @@ def audit_flow(store: Store, names: tuple[str, str], count: int | None = None,
     else:
         if count < len(subset):
             subset = _stratified(store, subset, count, seed)
-        _label_missing(store, subset, method_b, threads, ranks)
+        label_missing(store, subset, method_b, threads, ranks)
 
     ids = list(subset)
     a = reference.for_ids(ids)
@@ -122,14 +122,15 @@ def _stratified(store: Store, ids: list[str], count: int, seed: int) -> list[str
     return [ids[i] for i in sorted(pick["selected"])]
 
 
-def _label_missing(store: Store, ids: list[str], method: Method, threads: int,
-                   ranks: int) -> None:
+def label_missing(store: Store, ids: list[str], method: Method, threads: int, ranks: int,
+                  title: str = "audit") -> None:
+    """Label the ``ids`` that ``method`` has not labeled yet, storing each as it arrives."""
     done = store.labeled_ids(method.method_id)
     todo = [sid for sid in ids if sid not in done]
     if not todo:
         return
     bar = reporter()
-    bar.start("audit", f"audit: {method.name} ({method.describe()})", len(todo))
+    bar.start(title, f"{title}: {method.name} ({method.describe()})", len(todo))
     futures = [
         tasks.label.with_options(task_run_name=f"{method.name}-{sid[:12]}").submit(
             atoms, method, threads, ranks
@@ -139,5 +140,5 @@ def _label_missing(store: Store, ids: list[str], method: Method, threads: int,
     with threadpool_limits(limits=1):
         for future in as_completed(futures):
             store.add_labels([future.result()])
-            bar.advance("audit")
-    bar.done("audit")
+            bar.advance(title)
+    bar.done(title)

@@ -8,8 +8,6 @@ finished, computes only what is missing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +24,14 @@ from threadpoolctl import threadpool_limits
 
 from hifidata.datasets.maps import store_maps
 from hifidata.datasets.release import export_release
-from hifidata.datasets.splits import assign_splits, ids_in
 from hifidata.datasets.status import campaign_status
 from hifidata.datasets.store import Selection, Store
 from hifidata.errors import HifidataError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
+from hifidata.flows.evaluate import evaluate_flow
 from hifidata.flows.progress import reporter
+from hifidata.flows.train import fingerprint, rung_data, train_flow
 from hifidata.sampling import costs
 from hifidata.spec import (
     DYNAMICS,
@@ -362,153 +361,54 @@ def audit_stage(spec: Spec, store: Store) -> None:
 def _audit_print(store: Store, settings) -> str:
     """An audit's settings and every label of both its rungs."""
     labels = [store.labels(store.method_id(name)) for name in settings.methods]
-    return _fingerprint("audit", settings, [(s.structure_ids, s.status) for s in labels])
+    return fingerprint("audit", settings, [(s.structure_ids, s.status) for s in labels])
 
 
 # -- train ---------------------------------------------------------------------------------
-@flow(name="train")
+@flow(name="train-stage")
 def train_stage(spec: Spec, store: Store) -> None:
-    split = _split(spec, store)
-    settings = spec.train
-    finetune = settings.finetune
-    models_dir = spec.campaign_dir / "models"
-    low = _rung_data(store, finetune.rung, split)
-    ft_name = f"finetune-{finetune.rung}"
-    ft_settings = {
-        "base": finetune.base, "epochs": finetune.epochs, "learning_rate": finetune.learning_rate,
-        "batch_size": finetune.batch_size, "patience": finetune.patience,
-        "seed": settings.seed, "device": settings.device,
-    }
-    ft_print = _fingerprint("finetune", ft_settings, low["method_id"], low["train"]["ids"],
-                            low["validation"]["ids"])
-    if not _model_current(store, ft_name, ft_print):
-        with _training_bar(ft_name, finetune.epochs) as progress:
-            tasks.train_model("finetune", low["train"], low["validation"],
-                              models_dir / ft_name, ft_settings, progress=progress)
-        _record_model(store, ft_name, models_dir / ft_name, ft_print, recipe="finetune",
-                      rung=finetune.rung, method_id=low["method_id"],
-                      n_train=len(low["train"]["ids"]), n_validation=len(low["validation"]["ids"]))
-    final = ft_name
-    if settings.delta:
-        final = _train_delta(spec, store, split, ft_name, ft_print)
-    store.put_record("final_model", "campaign", {"name": final})
-
-
-def _train_delta(spec: Spec, store: Store, split: dict, base_name: str, base_print: str) -> str:
-    d = spec.train.delta
-    models_dir = spec.campaign_dir / "models"
-    high, low = _rung_data(store, d.high, split), _rung_data(store, d.low, split)
-    differences = {part: _difference(high[part], low[part]) for part in ("train", "validation")}
-    name, composite = f"delta-{d.high}-minus-{d.low}", f"{d.high}-composite"
-    d_settings = {"epochs": d.epochs, "learning_rate": d.learning_rate,
-                  "batch_size": d.batch_size, "patience": d.patience,
-                  "seed": spec.train.seed, "device": spec.train.device}
-    d_print = _fingerprint("delta", d_settings, high["method_id"], low["method_id"],
-                           differences["train"]["ids"], differences["validation"]["ids"])
-    if not _model_current(store, name, d_print):
-        with _training_bar(name, d.epochs) as progress:
-            tasks.train_model("delta", differences["train"], differences["validation"],
-                              models_dir / name, d_settings, progress=progress)
-        _record_model(store, name, models_dir / name, d_print, recipe="delta", rung=d.high,
-                      low=d.low, n_train=len(differences["train"]["ids"]),
-                      n_validation=len(differences["validation"]["ids"]))
-    c_print = _fingerprint("composite", base_print, d_print)
-    if not _model_current(store, composite, c_print):
-        metadata = {"rung": d.high, "method_id": high["method_id"], "parts": [base_name, name]}
-        tasks.compose(models_dir / base_name, models_dir / name, models_dir / composite, metadata)
-        _record_model(store, composite, models_dir / composite, c_print, recipe="composite",
-                      rung=d.high, method_id=high["method_id"], parts=[base_name, name])
-    return composite
-
-
-def _split(spec: Spec, store: Store) -> dict[str, str]:
-    picks = {rung.name: store.selection(rung.name).selected_ids for rung in spec.ladder}
-    split = assign_splits(picks, spec.train.test_fraction, spec.train.validation_fraction,
-                          spec.train.seed)
-    if store.record("split", "campaign") != split:
-        store.put_record("split", "campaign", split)
-    return split
-
-
-def _rung_data(store: Store, rung: str, split: dict[str, str]) -> dict[str, Any]:
-    """The ok labels of a rung, divided by split: structures, energies, forces, ids."""
-    method_id = store.method_id(rung)
-    labels = store.labels(method_id).ok()
-    out: dict[str, Any] = {"method_id": method_id}
-    for part in ("train", "validation", "test"):
-        subset = labels.for_ids(ids_in(split, labels.structure_ids, part))
-        out[part] = {
-            "ids": subset.structure_ids,
-            "structures": store.structures(subset.structure_ids),
-            "energy": subset.energy,
-            "forces": subset.forces,
-        }
-    return out
-
-
-def _difference(high: dict, low: dict) -> dict:
-    """high − low on the structures both rungs labeled."""
-    where = {sid: i for i, sid in enumerate(low["ids"])}
-    rows = [(i, where[sid]) for i, sid in enumerate(high["ids"]) if sid in where]
-    return {
-        "ids": [high["ids"][i] for i, _ in rows],
-        "structures": [high["structures"][i] for i, _ in rows],
-        "energy": np.array([high["energy"][i] - low["energy"][j] for i, j in rows]),
-        "forces": [high["forces"][i] - low["forces"][j] for i, j in rows],
-    }
-
-
-def _model_current(store: Store, name: str, fingerprint: str) -> bool:
-    record = store.record("model", name)
-    return bool(record and record["fingerprint"] == fingerprint
-                and store.resolve(record["path"]).is_dir())
-
-
-def _record_model(store: Store, name: str, path: Path, fingerprint: str, **info) -> None:
-    store.put_record("model", name, {"name": name, "path": store.relative(path),
-                                     "fingerprint": fingerprint, **info})
-
-
-@contextmanager
-def _training_bar(name: str, epochs: int) -> Iterator:
-    bar = reporter()
-    bar.start(name, f"train: {name}", epochs)
-    yield lambda *_: bar.advance(name)
-    bar.done(name)
+    train_flow(store, spec.train, [rung.name for rung in spec.ladder],
+               spec.campaign_dir / "models")
 
 
 # -- evaluate ------------------------------------------------------------------------------
 @flow(name="evaluate")
 def evaluate_stage(spec: Spec, store: Store) -> None:
+    """Every model of the campaign (and the pretrained start) against every rung's test split
+    in one parity plot, then the final model's full report (hifidata evaluate)."""
     split = store.record("split", "campaign")
-    models = {spec.train.finetune.base: spec.train.finetune.base}  # pretrained baseline
+    models = {}
+    if spec.train.finetune:
+        models[spec.train.finetune.base] = spec.train.finetune.base  # the pretrained start
     for name, record in store.records("model").items():
-        if record["recipe"] in ("finetune", "composite"):
+        if record["recipe"] in ("finetune", "composite", "multifidelity"):
             models[name] = str(store.resolve(record["path"]))
-    fingerprint = _fingerprint(
+    print_ = fingerprint(
         "evaluate", split, {n: (store.record("model", n) or {}).get("fingerprint") for n in models}
     )
-    if (store.record("evaluation", "campaign") or {}).get("fingerprint") == fingerprint:
-        return
-    data = {rung.name: _rung_data(store, rung.name, split) for rung in spec.ladder}
-    bar = reporter()
-    bar.start("evaluate", "evaluate: models × rungs", len(models) * len(data))
+    if (store.record("evaluation", "campaign") or {}).get("fingerprint") != print_:
+        data = {rung.name: rung_data(store, rung.name, split) for rung in spec.ladder}
+        bar = reporter()
+        bar.start("evaluate", "evaluate: models × rungs", len(models) * len(data))
+        with _threads(1):
+            parities = []
+            for name, ref in models.items():
+                for rung, rung_data_ in data.items():
+                    parities.append(tasks.evaluate_model.with_options(
+                        task_run_name=f"evaluate-{name}-on-{rung}"
+                    )(name, ref, rung, rung_data_["train"], rung_data_["test"]))
+                    bar.advance("evaluate")
+        reports = spec.campaign_dir / "reports"
+        plot = tasks.parity_plot(parities, reports / "parity.png")
+        metrics = [{"model": p.model, "rung": p.rung, **p.errors()} for p in parities]
+        store.put_record("evaluation", "campaign", {
+            "fingerprint": print_, "metrics": metrics, "parity_plot": store.relative(plot),
+            "split": "test",
+        })
+        bar.done("evaluate")
+    final = store.record("final_model", "campaign")["name"]
     with _threads(1):
-        parities = []
-        for name, ref in models.items():
-            for rung, rung_data in data.items():
-                parities.append(tasks.evaluate_model.with_options(
-                    task_run_name=f"evaluate-{name}-on-{rung}"
-                )(name, ref, rung, rung_data["train"], rung_data["test"]))
-                bar.advance("evaluate")
-    reports = spec.campaign_dir / "reports"
-    plot = tasks.parity_plot(parities, reports / "parity.png")
-    metrics = [{"model": p.model, "rung": p.rung, **p.errors()} for p in parities]
-    store.put_record("evaluation", "campaign", {
-        "fingerprint": fingerprint, "metrics": metrics, "parity_plot": store.relative(plot),
-        "split": "test",
-    })
-    bar.done("evaluate")
+        evaluate_flow(store, final, spec.evaluate.stability, spec.evaluate.scans)
 
 
 # -- deploy --------------------------------------------------------------------------------
@@ -517,8 +417,8 @@ def deploy_stage(spec: Spec, store: Store) -> None:
     final = store.record("final_model", "campaign")["name"]
     model = store.record("model", final)
     settings = spec.deploy
-    fingerprint = _fingerprint("deploy", model["fingerprint"], settings.model_dump())
-    if (store.record("deploy", "campaign") or {}).get("fingerprint") == fingerprint:
+    print_ = fingerprint("deploy", model["fingerprint"], settings.model_dump())
+    if (store.record("deploy", "campaign") or {}).get("fingerprint") == print_:
         return
     structure = spec.seed_structures()[0]
     bar = reporter()
@@ -533,7 +433,7 @@ def deploy_stage(spec: Spec, store: Store) -> None:
     trajectory.parent.mkdir(parents=True, exist_ok=True)
     write(trajectory, result.frames or [structure], format="extxyz")
     store.put_record("deploy", "campaign", {
-        "fingerprint": fingerprint, "model": final, "temperature_K": settings.temperature,
+        "fingerprint": print_, "model": final, "temperature_K": settings.temperature,
         "trajectory": store.relative(trajectory), "min_distance_A": settings.min_distance,
         **summary,
     })
@@ -552,15 +452,7 @@ def release_stage(spec: Spec, store: Store) -> None:
 # -- helpers -------------------------------------------------------------------------------
 def _key(*parts: Any) -> str:
     """A stable key for a unit of work: what it is and every setting it depends on."""
-    return _fingerprint(*parts)[:24]
-
-
-def _fingerprint(*parts: Any) -> str:
-    def plain(value: Any) -> Any:
-        return value.model_dump(by_alias=True) if hasattr(value, "model_dump") else value
-
-    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return fingerprint(*parts)[:24]
 
 
 @contextmanager

@@ -28,25 +28,29 @@ def read_structures(structures_file: Path, charge: int = 0) -> list:
 
 
 def predict_file(model_dir: Path, structures_file: Path, out: Path, charge: int = 0,
-                 batch_size: int = 32) -> int:
+                 batch_size: int = 32, rung: str | None = None) -> int:
     """Check the inputs (one-line errors, nothing written), then run the predict flow."""
-    load_model(model_dir)
+    load_model(model_dir, rung=rung)
     structures = read_structures(structures_file, charge)
-    return predict_flow(model_dir, structures, out, batch_size)
+    return predict_flow(model_dir, structures, out, batch_size, rung)
 
 
 @flow(name="predict")
-def predict_flow(model_dir: Path, structures: list, out: Path, batch_size: int = 32) -> int:
-    """Write ``out`` (extxyz) with energy and forces that ``ase.io.read`` gives back."""
+def predict_flow(model_dir: Path, structures: list, out: Path, batch_size: int = 32,
+                 rung: str | None = None) -> int:
+    """Write ``out`` (extxyz) with energy and forces that ``ase.io.read`` gives back; ``rung``
+    picks what a multi-fidelity model (or a composite's base) predicts."""
     bar = reporter()
     bar.start("predict", f"predict: {len(structures)} structures", len(structures))
-    prediction = tasks.predict(model_dir, structures, batch_size,
+    prediction = tasks.predict(model_dir, structures, batch_size, rung=rung,
                                progress=lambda n: bar.advance("predict", n))
     results = []
     for atoms, energy, forces in zip(structures, prediction["energy"], prediction["forces"],
                                      strict=True):
         atoms = atoms.copy()
         atoms.calc = SinglePointCalculator(atoms, energy=float(energy), forces=forces)
+        if rung:
+            atoms.info["rung"] = rung
         results.append(atoms)
     bar.done("predict")
     write(out, results, format="extxyz")

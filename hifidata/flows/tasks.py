@@ -18,9 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from hifidata.calculators import base
 from hifidata.calculators.mlip import PRETRAINED, pretrained_chgnet
 from hifidata.deploy import md
+from hifidata.errors import ModelError
 from hifidata.sampling import costs, dynamics, explore, features, uncertainty
 from hifidata.sampling.direct import DirectSampler, coverage_score
-from hifidata.training import delta, finetune, metrology
+from hifidata.training import delta, metrology, recipes, stability
+from hifidata.training.finetune import LabeledSet
 from hifidata.training.models import Model, load_model
 
 quiet = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -118,18 +120,21 @@ def label(atoms: Atoms, method: base.Method, threads: int, ranks: int = 1) -> ba
     return base.label(atoms, method, threads=threads, ranks=ranks)
 
 
-RECIPES = {"finetune": finetune.finetune_chgnet, "delta": delta.train_delta}
+def _labeled(data: dict) -> LabeledSet:
+    return LabeledSet(data["structures"], data["energy"], data["forces"], data.get("stress"))
 
 
 @task(**quiet)
-def train_model(recipe: str, train: dict, validation: dict, out_dir: Path, settings: dict,
+def train_model(recipe: str, data: list | dict, out_dir: Path, settings: dict,
                 progress: Callable | None = None) -> Model:
-    """Fine-tune on a rung, or train a Δ-model on a difference: the same data in, a model out."""
-    return RECIPES[recipe](
-        train["structures"], train["energy"], train["forces"],
-        validation["structures"], validation["energy"], validation["forces"],
-        out_dir=out_dir, progress=progress, **settings,
-    )
+    """One recipe's model: ``data`` is [train, validation] (finetune, delta: dicts of
+    structures, energy, forces, stress) or {rung: [train, validation]} (multifidelity)."""
+    if recipe == "multifidelity":
+        sets = {rung: (_labeled(t), _labeled(v)) for rung, (t, v) in data.items()}
+        return recipes.multifidelity(sets, out_dir=out_dir, progress=progress, **settings)
+    train, validation = (_labeled(part) for part in data)
+    return getattr(recipes, recipe)(train, validation, out_dir=out_dir, progress=progress,
+                                    **settings)
 
 
 @task(**quiet)
@@ -140,10 +145,26 @@ def compose(base_dir: Path, delta_dir: Path, out_dir: Path, metadata: dict) -> M
     return composite
 
 
+def model_for_rung(model_ref: str, rung: str) -> Model:
+    """The model as it predicts ``rung``: a multi-fidelity model's modality, a composite's
+    base for its base's rung; any other model as it is."""
+    try:
+        return load_model(model_ref, rung=rung)
+    except ModelError:
+        return load_model(model_ref)
+
+
 @task(**quiet)
 def evaluate_model(name: str, model_ref: str, rung: str, train: dict, test: dict
                    ) -> metrology.Parity:
-    return metrology.compare(load_model(model_ref), name, rung, train, test)
+    return metrology.compare(model_for_rung(model_ref, rung), name, rung, train, test)
+
+
+@task(**quiet)
+def md_stability(model_ref: str, structures: Sequence[Atoms], settings: dict,
+                 progress: Progress = None) -> stability.StabilityResult:
+    return stability.md_stability(load_model(model_ref), structures, progress=progress,
+                                  **settings)
 
 
 @task(**quiet)
@@ -167,8 +188,8 @@ def run_md(structure: Atoms, model_dir: Path, temperature: float, steps: int, ti
 
 @task(**quiet)
 def predict(model_dir: Path, structures: Sequence[Atoms], batch_size: int,
-            progress: Progress = None) -> dict[str, list]:
-    model = load_model(model_dir)
+            rung: str | None = None, progress: Progress = None) -> dict[str, list]:
+    model = load_model(model_dir, rung=rung)
     energies, forces = [], []
     for start in range(0, len(structures), batch_size):
         chunk = structures[start : start + batch_size]

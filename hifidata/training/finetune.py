@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from ase import Atoms
+from ase.stress import voigt_6_to_full_3x3_stress
+from ase.units import GPa
 from torch.utils.data import DataLoader
 
 from hifidata.calculators.mlip import (
@@ -54,11 +56,19 @@ Progress = Callable[[int, int, float, float | None], None]
 
 
 class LabeledSet(NamedTuple):
-    """Structures with total energies (eV) and forces (eV/Å), one of each per structure."""
+    """Structures with total energies (eV) and forces (eV/Å), one of each per structure, and
+    optionally stresses (Voigt 6-vectors in eV/Å³, ASE's sign; None for a molecule)."""
 
     structures: Sequence[Atoms]
     energies: Sequence[float]
     forces: Sequence[np.ndarray]
+    stresses: Sequence[np.ndarray | None] | None = None
+
+    def has_stress(self) -> bool:
+        """Whether every structure has a stress label (only then is stress trained)."""
+        return bool(self.structures) and self.stresses is not None and all(
+            s is not None and np.isfinite(s).all() for s in self.stresses
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class TrainingSettings:
     energy_weight: float
     force_weight: float
     seed: int
+    stress_weight: float = 0.1
 
 
 def fit_reference_energies(
@@ -135,6 +146,7 @@ def finetune_chgnet(
     patience: int = 25,
     energy_weight: float = 30.0,
     force_weight: float = 1.0,
+    stress_weight: float = 0.1,
     seed: int = 0,
     device: str | None = None,
     num_threads: int | None = 1,
@@ -142,8 +154,11 @@ def finetune_chgnet(
     keep_checkpoints: bool = False,
     metadata: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    stresses: Sequence[np.ndarray | None] | None = None,
+    val_stresses: Sequence[np.ndarray | None] | None = None,
 ) -> ChgnetModel:
-    """Fine-tune a CHGNet on total energies (eV) and forces (eV/Å); returns the best epoch.
+    """Fine-tune a CHGNet on total energies (eV), forces (eV/Å) and, where every training
+    structure has one, stresses (Voigt, eV/Å³, ASE's sign); returns the best epoch.
 
     base: a pretrained name ("chgnet-0.3.0", "chgnet-r2scan"), a CHGNet checkpoint file, or
         a hifidata model directory of kind chgnet (to go on from an earlier iteration).
@@ -156,6 +171,8 @@ def finetune_chgnet(
         MSE loss, and of their MAEs in the validation loss that early stopping watches (the
         training set's when there is no validation set). With equal weights the force term is
         ~1000x larger and energies go unlearned; 30 halved the energy error at no cost.
+    stress_weight: weight of the stress term (GPa, as CHGNet's Trainer takes it; 0.1 is CHGNet's
+        own default), used only when every training structure has a stress label.
     seed: seeds the shuffling (and a fresh network's weights).
     device: "cpu", "cuda", ...; default cuda when present.
     num_threads: torch threads while training (restored after); None keeps torch's setting.
@@ -167,12 +184,14 @@ def finetune_chgnet(
     """
     device = device or default_device()
     settings = TrainingSettings(
-        epochs, learning_rate, batch_size, patience, energy_weight, force_weight, seed
+        epochs, learning_rate, batch_size, patience, energy_weight, force_weight, seed,
+        stress_weight,
     )
     network = load_base(base, device)
     return fit_network(
         network, "finetune", settings,
-        LabeledSet(train, energies, forces), LabeledSet(val or [], val_energies, val_forces),
+        LabeledSet(train, energies, forces, stresses),
+        LabeledSet(val or [], val_energies, val_forces, val_stresses),
         device=device, num_threads=num_threads, out_dir=out_dir,
         keep_checkpoints=keep_checkpoints, described={"base": base},
         metadata=metadata, progress=progress,
@@ -212,16 +231,16 @@ def fit_network(
     started = time.perf_counter()
     checkpoint_dir = Path(out_dir) / "checkpoints" if out_dir and keep_checkpoints else None
     with torch_threads(num_threads):
-        check_labels(*train)
+        check_labels(*train[:3])
         if val.structures:
-            check_labels(*val)
+            check_labels(*val[:3])
         refit_reference_energies(network, train.structures, train.energies)
         record = train_network(network, settings, train, val, device, checkpoint_dir, progress)
         refit_reference_energies(network, train.structures, train.energies)  # drifted offset
         model = ChgnetModel(network, species_of(train.structures))
-        metrics = {"train": mean_absolute_errors(model, *train)}
+        metrics = {"train": mean_absolute_errors(model, *train[:3])}
         if val.structures:
-            metrics["val"] = mean_absolute_errors(model, *val)
+            metrics["val"] = mean_absolute_errors(model, *val[:3])
     model.metadata = {
         "recipe": recipe,
         "n_train": len(train.structures),
@@ -252,19 +271,20 @@ def train_network(
     """
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)  # the loaders' shuffling
-    train_loader = make_loader(network, train, settings.batch_size, device)
+    stress = train.has_stress()
+    train_loader = make_loader(network, train, settings.batch_size, device, stress)
     has_val = len(val.structures) > 0
     # the Trainer insists on a validation loader; an empty one costs nothing
     val_loader = (
-        make_loader(network, val, settings.batch_size, device)
+        make_loader(network, val, settings.batch_size, device, stress)
         if has_val else DataLoader([], batch_size=1, collate_fn=collate_graphs)
     )
-    trainer = make_trainer(network, settings, len(train_loader), device)
+    trainer = make_trainer(network, settings, len(train_loader), device, stress)
     history: dict[str, list] = {"train_loss": [], "val_loss": []}
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(network.state_dict())
     for epoch in range(1, settings.epochs + 1):
         train_loss, val_loss = run_epoch(trainer, train_loader, val_loader, epoch, settings,
-                                         checkpoint_dir)
+                                         checkpoint_dir, stress)
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss if has_val else None)
         if progress is not None:
@@ -288,15 +308,17 @@ def train_network(
     }
 
 
-def make_trainer(network, settings: TrainingSettings, batches_per_epoch: int, device: str):
-    """chgnet's Trainer: Adam, MSE on energy per atom and forces, cosine-decayed rate."""
+def make_trainer(network, settings: TrainingSettings, batches_per_epoch: int, device: str,
+                 stress: bool = False):
+    """chgnet's Trainer: Adam, MSE on energy per atom, forces (and stresses), cosine decay."""
     from chgnet.trainer import Trainer
 
     with quiet():
         trainer = Trainer(
-            model=network, targets="ef", optimizer="Adam", criterion="MSE",
-            epochs=max(settings.epochs, 1), learning_rate=settings.learning_rate,
-            energy_loss_ratio=settings.energy_weight, force_loss_ratio=settings.force_weight,
+            model=network, targets="efs" if stress else "ef", optimizer="Adam",
+            criterion="MSE", epochs=max(settings.epochs, 1),
+            learning_rate=settings.learning_rate, energy_loss_ratio=settings.energy_weight,
+            force_loss_ratio=settings.force_weight, stress_loss_ratio=settings.stress_weight,
             print_freq=10**9, torch_seed=settings.seed, use_device=device,
         )
     # The Trainer's cosine is sized for 10 scheduler steps per epoch but steps min(batches, 10)
@@ -315,6 +337,7 @@ def run_epoch(
     epoch: int,
     settings: TrainingSettings,
     checkpoint_dir: Path | None,
+    stress: bool = False,
 ) -> tuple[float, float]:
     """One epoch through Trainer.train; returns the weighted train and validation MAEs."""
     trainer.starting_epoch, trainer.epochs = epoch - 1, epoch
@@ -325,20 +348,28 @@ def run_epoch(
     maes = trainer.training_history
     return tuple(
         round(settings.energy_weight * maes["e"][split][-1]
-              + settings.force_weight * maes["f"][split][-1], 6)
+              + settings.force_weight * maes["f"][split][-1]
+              + (settings.stress_weight * maes["s"][split][-1] if stress else 0.0), 6)
         for split in ("train", "val")
     )
 
 
-def make_loader(network, data: LabeledSet, batch_size: int, device: str) -> DataLoader:
+def make_loader(
+    network, data: LabeledSet, batch_size: int, device: str, stress: bool = False
+) -> DataLoader:
     """A shuffling loader of (graph, {"e": eV/atom, "f": eV/Å}), graphs built once up front.
 
     chgnet's StructureData builds graphs lazily and silently swaps a structure whose graph
     fails for a random other one; building them here names the structure instead.
     """
     cutoff = model_cutoff(network)
+    if stress and not data.has_stress():
+        raise ValueError("the training structures have stress labels but these do not all")
+    stresses = data.stresses if stress else [None] * len(data.structures)
     samples = []
-    for index, (atoms, energy, force) in enumerate(zip(*data, strict=True)):
+    for index, (atoms, energy, force, stress) in enumerate(
+        zip(*data[:3], stresses, strict=True)
+    ):
         try:
             graph = network.graph_converter(to_structure(atoms, cutoff), graph_id=index)
         except Exception as error:  # the converter raises bare Exceptions
@@ -348,6 +379,9 @@ def make_loader(network, data: LabeledSet, batch_size: int, device: str) -> Data
             "e": torch.tensor(energy / len(atoms), dtype=torch.float32),
             "f": torch.tensor(np.asarray(force), dtype=torch.float32),
         }
+        if stress is not None:  # CHGNet's stress: 3×3 in GPa, ASE's sign
+            targets["s"] = torch.tensor(voigt_6_to_full_3x3_stress(np.asarray(stress)) / GPa,
+                                        dtype=torch.float32)
         samples.append((graph, targets))
     return DataLoader(
         samples, batch_size=batch_size, shuffle=True, collate_fn=collate_graphs,

@@ -2,11 +2,14 @@
 
 A model directory holds ``model.json`` and the weights::
 
-    model.json   {"format": "hifidata-model", "version": 1, "kind": "chgnet" | "composite",
+    model.json   {"format": "hifidata-model", "version": 1,
+                  "kind": "chgnet" | "composite" | "sevennet",
                   "species": [...], "units": {...}, <kind fields>, "metadata": {...}}
     chgnet.pth   kind "chgnet": a CHGNet checkpoint ({"model": {"state_dict", "model_args"}}),
                  the layout chgnet's own ``CHGNet.from_file`` reads
     base/ delta/ kind "composite": each a model directory of its own
+    sevennet.pth kind "sevennet": a sevenn checkpoint ({"config", "model_state_dict", ...}),
+                 the layout ``sevenn.calculator.SevenNetCalculator`` reads (training/sevennet.py)
 
 ``model.json`` is written last, so an interrupted save never looks like a finished model.
 """
@@ -35,6 +38,8 @@ UNITS = {"energy": "eV", "forces": "eV/Å"}
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "chgnet.pth"
 COMPOSITE_PARTS = ("base", "delta")
+#: the kinds load_model reads; "sevennet" lives in training/sevennet.py (sevenn imports slowly)
+KINDS = ("chgnet", "composite", "sevennet")
 
 
 @contextlib.contextmanager
@@ -65,6 +70,12 @@ class Model(ABC):
     @abstractmethod
     def species(self) -> list[str]:
         """Chemical symbols the model was trained on, by atomic number."""
+
+    @property
+    def rungs(self) -> list[str]:
+        """The rungs (levels of theory) the model predicts: its metadata's "rung", if any."""
+        rung = self.metadata.get("rung")
+        return [rung] if rung is not None else []
 
     @abstractmethod
     def predict(self, structures: Sequence[Atoms], batch_size: int = 64) -> dict[str, Any]:
@@ -155,6 +166,12 @@ class CompositeModel(Model):
         # trustworthy only where both parts were trained
         return [s for s in self.base.species if s in set(self.delta.species)]
 
+    @property
+    def rungs(self) -> list[str]:
+        """The base part's rungs, then the composite's own (base + Δ)."""
+        own = self.metadata.get("rung")
+        return [*self.base.rungs, *([own] if own is not None else [])]
+
     def predict(self, structures: Sequence[Atoms], batch_size: int = 64) -> dict[str, Any]:
         base = self.base.predict(structures, batch_size)
         delta = self.delta.predict(structures, batch_size)
@@ -187,20 +204,48 @@ class ModelCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": result["forces"][0]}
 
 
-def load_model(path: str | Path, device: str | None = None) -> Model:
+def load_model(path: str | Path, device: str | None = None, rung: str | None = None) -> Model:
     """The model saved in directory ``path``, or a pretrained MLIP by name (``chgnet-0.3.0``);
-    ModelError with a one-line reason otherwise."""
+    ModelError with a one-line reason otherwise.
+
+    rung: the rung to predict. None gives the model as saved (a multi-fidelity SevenNet bound
+    to its default rung); a multi-fidelity SevenNet binds to that rung's modality, a composite
+    gives its base part for the base's rung, and any model gives itself for its own rung.
+    """
     if str(path) in PRETRAINED:
         network = load_chgnet(str(path), device)
-        return ChgnetModel(network, [], {"recipe": "pretrained", "name": str(path)})
+        model: Model = ChgnetModel(network, [], {"recipe": "pretrained", "name": str(path)})
+        return select_rung(model, rung, path)
     path = Path(path)
     document = read_model_json(path)
     metadata = document.get("metadata") or {}
     if document["kind"] == "composite":
         base, delta = (load_model(path / part, device) for part in COMPOSITE_PARTS)
-        return CompositeModel(base, delta, metadata)
-    network = _load_network(path / document.get("weights", WEIGHTS_FILE), device)
-    return ChgnetModel(network, document.get("species") or [], metadata)
+        model = CompositeModel(base, delta, metadata)
+    elif document["kind"] == "sevennet":
+        from hifidata.training.sevennet import load_sevennet
+
+        model = load_sevennet(path, document, device)
+        default = metadata.get("default_rung")
+        if rung is None and default is not None and default in (model.modalities or []):
+            rung = default
+    else:
+        network = _load_network(path / document.get("weights", WEIGHTS_FILE), device)
+        model = ChgnetModel(network, document.get("species") or [], metadata)
+    return select_rung(model, rung, path)
+
+
+def select_rung(model: Model, rung: str | None, path: str | Path) -> Model:
+    """``model`` predicting ``rung`` (see load_model), or ModelError naming the rungs it has."""
+    if rung is None:
+        return model
+    if rung not in model.rungs:
+        raise ModelError(f"model at {path} predicts rungs {model.rungs}; no rung {rung!r}")
+    if getattr(model, "modalities", None):  # a multi-fidelity SevenNet: one modality per rung
+        return model.with_modal(rung)
+    if isinstance(model, CompositeModel) and rung != model.metadata.get("rung"):
+        return select_rung(model.base, rung, Path(path) / "base")
+    return model
 
 
 def read_model_json(path: Path) -> dict[str, Any]:
@@ -223,7 +268,7 @@ def read_model_json(path: Path) -> dict[str, Any]:
         raise ModelError(
             f"{file} has format version {version!r}; this hifidata reads up to {FORMAT_VERSION}"
         )
-    if document.get("kind") not in (ChgnetModel.kind, CompositeModel.kind):
+    if document.get("kind") not in KINDS:
         raise ModelError(f"{file} has unknown model kind {document.get('kind')!r}")
     return document
 
