@@ -251,7 +251,7 @@ class Select(_Strict):
     batch_size: PositiveInt = 64
 
 
-RECIPES = ("finetune", "delta", "multifidelity")
+RECIPES = ("finetune", "delta", "multifidelity")  # hifidata.training.recipes, by name
 
 
 class Finetune(_Strict):
@@ -295,7 +295,7 @@ class Train(_Strict):
     deployed; the default is multifidelity when that block is given, else delta when that
     block is given, else finetune."""
 
-    recipe: Literal["finetune", "delta", "multifidelity"] | None = None
+    recipe: Literal[RECIPES] | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15
     seed: int = 0

@@ -43,6 +43,8 @@ def tiny_spec(**overrides) -> dict:
     spec["ladder"][0]["select"] = {"from": "candidates", "clusters": 10}
     spec["ladder"][1]["method"] = {"theory": "ccsd(t)", "basis": "6-31g", "frozen_core": True}
     spec["ladder"][1]["select"] = {"from": "dft", "clusters": 5}
+    spec["train"]["recipe"] = "delta"  # CHGNet-only: the multi-fidelity SevenNet is slower
+    spec["train"].pop("multifidelity", None)
     spec["train"]["finetune"] = {"rung": "dft", "epochs": 3, "batch_size": 4}
     spec["train"]["delta"] = {"low": "dft", "high": "ccsdt", "epochs": 3, "batch_size": 2}
     spec["evaluate"] = {"stability": {"temperatures": [300], "replicas": 2, "steps": 40}}

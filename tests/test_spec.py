@@ -91,6 +91,20 @@ BAD_INPUTS = {
     "a time limit that is not a number": (
         lambda s: s["ladder"][0]["method"].update(time_limit="an hour"), None,
         r"ladder\[0\]\.method: time_limit must be a positive number of seconds"),
+    "multi-fidelity over a rung that does not exist": (
+        lambda s: s["train"].update(recipe="multifidelity",
+                                    multifidelity={"rungs": ["dft", "mp2"]}),
+        None, r"train\.multifidelity\.rungs\[1\]: no rung named 'mp2'"),
+    "delta recipe without its block": (
+        lambda s: s["train"].update(recipe="delta", delta=None), None,
+        r"train: .*recipe delta needs a delta block"),
+    "unknown recipe": (
+        lambda s: s["train"].update(recipe="transfer"), None,
+        r"train\.recipe: Input should be 'finetune', 'delta' or 'multifidelity'"),
+    "scan of an atom the seed lacks": (
+        lambda s: s.update(evaluate={"scans": [{"coordinates": [
+            {"atoms": [0, 6], "values": [2.5, 4.0]}]}]}), None,
+        r"evaluate\.scans\[0\]\.coordinates\[0\]\.atoms: \[0, 6\] are not two atoms"),
     "rung picked from a later rung": (
         lambda s: s["ladder"][0]["select"].update({"from": "ccsdt"}), None,
         r"ladder\[0\]\.select\.from: 'ccsdt' is not one of \['candidates'\]"),
@@ -151,9 +165,22 @@ def test_the_example_spec_loads():
     assert spec.store_path == (EXAMPLES / "water-dimer.h5").resolve()
 
 
+def test_the_recipe_follows_the_blocks_given():
+    base = tiny_spec()["train"]
+    from hifidata.spec import Train
+
+    only_finetune = {k: v for k, v in base.items() if k not in ("recipe", "delta")}
+    assert Train(**only_finetune).recipe == "finetune"
+    assert Train(**{**only_finetune, "delta": base["delta"]}).recipe == "delta"
+    chosen = Train(**{**only_finetune, "multifidelity": {"epochs": 5}})
+    assert chosen.recipe == "multifidelity" and chosen.multifidelity.epochs == 5
+    assert Train(recipe="multifidelity").multifidelity.base == "7net-mf-0"
+
+
 def test_every_command_has_help():
     for command in ["--help", "init --help", "run --help", "status --help", "predict --help",
-                    "export --help", "audit --help"]:
+                    "export --help", "audit --help", "train --help", "evaluate --help",
+                    "plan --help"]:
         result = hifidata(*command.split())
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

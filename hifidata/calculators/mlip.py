@@ -24,6 +24,9 @@ from pymatgen.core import Lattice, Structure
 
 #: Pretrained models shipped inside the chgnet wheel, by the names specs use.
 PRETRAINED = {"chgnet-0.3.0": "0.3.0", "chgnet-r2scan": "r2scan"}
+#: Pretrained SevenNet checkpoints shipped inside the sevenn wheel (never downloaded); the
+#: training recipes and load_model know them (hifidata.training.sevennet).
+SEVENNET_PRETRAINED = ("7net-0", "7net-mf-0", "7net-l3i5")
 
 
 def default_device() -> str:

@@ -16,7 +16,8 @@ MAX_FAILURES_LISTED = 20
 def campaign_status(store: Store) -> dict[str, Any]:
     """Counts per stage and rung, failures, cost, models, evaluation, MD and release."""
     spec = store.record("run", "spec") or {}
-    origins = store.origins()
+    # scan points (hifidata evaluate) are labeled but are not exploration candidates
+    origins = [o for o in store.origins() if o.get("protocol") != "scan"]
     explore = store.records("explore")
     models = store.records("model")
     final = (store.record("final_model", "campaign") or {}).get("name")

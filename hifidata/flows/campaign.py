@@ -88,7 +88,7 @@ def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
         "audit": audit_stage, "train": train_stage, "evaluate": evaluate_stage,
         "deploy": deploy_stage, "release": release_stage,
     }
-    runner = ThreadPoolTaskRunner(max_workers=spec.execution.max_workers)
+    runner = _runner(spec)
     timings = {}
     with Store(spec.store_path, "a") as store:
         store.put_record("run", "spec", spec.model_dump(mode="json", by_alias=True))
@@ -100,6 +100,11 @@ def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
             timings[name] = round(time.perf_counter() - start, 1)
         store.put_record("timings", "last_run", timings)
         return {**campaign_status(store), "timings_s": timings}
+
+
+def _runner(spec: Spec) -> ThreadPoolTaskRunner:
+    """The task runner of every stage and of the flows they call (``max_workers`` at a time)."""
+    return ThreadPoolTaskRunner(max_workers=spec.execution.max_workers)
 
 
 # -- explore -------------------------------------------------------------------------------
@@ -367,8 +372,8 @@ def _audit_print(store: Store, settings) -> str:
 # -- train ---------------------------------------------------------------------------------
 @flow(name="train-stage")
 def train_stage(spec: Spec, store: Store) -> None:
-    train_flow(store, spec.train, [rung.name for rung in spec.ladder],
-               spec.campaign_dir / "models")
+    train_flow.with_options(task_runner=_runner(spec))(
+        store, spec.train, [rung.name for rung in spec.ladder], spec.campaign_dir / "models")
 
 
 # -- evaluate ------------------------------------------------------------------------------
@@ -377,9 +382,9 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
     """Every model of the campaign (and the pretrained start) against every rung's test split
     in one parity plot, then the final model's full report (hifidata evaluate)."""
     split = store.record("split", "campaign")
-    models = {}
-    if spec.train.finetune:
-        models[spec.train.finetune.base] = spec.train.finetune.base  # the pretrained start
+    start = (spec.train.multifidelity.base if spec.train.recipe == "multifidelity"
+             else spec.train.finetune.base)
+    models = {start: start}  # the pretrained model the recipe starts from
     for name, record in store.records("model").items():
         if record["recipe"] in ("finetune", "composite", "multifidelity"):
             models[name] = str(store.resolve(record["path"]))
@@ -408,7 +413,8 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
         bar.done("evaluate")
     final = store.record("final_model", "campaign")["name"]
     with _threads(1):
-        evaluate_flow(store, final, spec.evaluate.stability, spec.evaluate.scans)
+        evaluate_flow.with_options(task_runner=_runner(spec))(
+            store, final, spec.evaluate.stability, spec.evaluate.scans)
 
 
 # -- deploy --------------------------------------------------------------------------------

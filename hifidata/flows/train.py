@@ -25,7 +25,8 @@ from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError
 from hifidata.flows import tasks
 from hifidata.flows.progress import reporter
-from hifidata.spec import RECIPES, Train, first_error
+from hifidata.spec import Train, first_error
+from hifidata.training.recipes import RECIPES
 
 PARTS = ("train", "validation", "test")
 

@@ -29,7 +29,13 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
-from hifidata.calculators.mlip import PRETRAINED, load_chgnet, model_cutoff, predict_batch
+from hifidata.calculators.mlip import (
+    PRETRAINED,
+    SEVENNET_PRETRAINED,
+    load_chgnet,
+    model_cutoff,
+    predict_batch,
+)
 from hifidata.errors import ModelError
 
 FORMAT = "hifidata-model"
@@ -216,6 +222,10 @@ def load_model(path: str | Path, device: str | None = None, rung: str | None = N
         network = load_chgnet(str(path), device)
         model: Model = ChgnetModel(network, [], {"recipe": "pretrained", "name": str(path)})
         return select_rung(model, rung, path)
+    if str(path).lower() in SEVENNET_PRETRAINED:
+        from hifidata.training.sevennet import load_pretrained
+
+        return select_rung(load_pretrained(str(path).lower(), device), rung, path)
     path = Path(path)
     document = read_model_json(path)
     metadata = document.get("metadata") or {}

@@ -15,13 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hifidata.calculators.mlip import SEVENNET_PRETRAINED
+from hifidata.spec import RECIPES  # noqa: F401  (the names of the functions below)
 from hifidata.training.delta import train_delta
 from hifidata.training.finetune import LabeledSet, Progress, finetune_chgnet
 from hifidata.training.models import Model, read_model_json
-
-RECIPES = ("finetune", "delta", "multifidelity")
-#: pretrained SevenNet checkpoints shipped in the sevenn wheel (never downloaded)
-SEVENNET_PRETRAINED = ("7net-0", "7net-mf-0", "7net-l3i5")
 
 
 def is_sevennet(base: str) -> bool:

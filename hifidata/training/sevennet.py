@@ -39,7 +39,7 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from hifidata.calculators.mlip import default_device
+from hifidata.calculators.mlip import SEVENNET_PRETRAINED, default_device
 from hifidata.errors import ModelError
 from hifidata.training.finetune import (
     LabeledSet,
@@ -73,7 +73,9 @@ with warnings.catch_warnings():
 
 WEIGHTS_FILE = "sevennet.pth"
 #: Pretrained checkpoints shipped inside the sevenn wheel (others would be downloaded).
-PRETRAINED = ("7net-0", "7net-mf-0", "7net-l3i5")
+PRETRAINED = SEVENNET_PRETRAINED
+#: the modality a pretrained multi-fidelity checkpoint predicts unless told otherwise
+PRETRAINED_MODAL = "PBE"
 #: sevenn's StressLoss compares stresses in kbar
 KBAR_PER_EV_PER_A3 = 1602.1766208
 _RESCALE = "rescale_atomic_energy"
@@ -204,6 +206,16 @@ def load_sevennet(path: Path, document: dict[str, Any], device: str | None = Non
         raise ModelError(f"cannot read weights {file}: {text}") from None
     return SevennetModel(network, config, document.get("species") or [],
                          document.get("modal"), document.get("metadata") or {})
+
+
+def load_pretrained(name: str, device: str | None = None) -> SevennetModel:
+    """A pretrained SevenNet by name (7net-mf-0 predicts its PBE modality; with_modal switches)."""
+    from sevenn.util import pretrained_name_to_path
+
+    network, config = read_checkpoint(pretrained_name_to_path(name), device)
+    species = config.get(KEY.CHEMICAL_SPECIES) or []
+    modal = PRETRAINED_MODAL if network.modal_map else None
+    return SevennetModel(network, config, species, modal, {"recipe": "pretrained", "name": name})
 
 
 def read_checkpoint(file: str | Path, device: str | None = None):
