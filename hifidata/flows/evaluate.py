@@ -153,7 +153,8 @@ def evaluate_flow(store: Store, model: str, stability_settings: Stability | None
         bar.done("stability")
         images["MD stability"] = stability.stability_plot(md, folder / "stability.png")
 
-    slices = [_slice(store, reference, name, scan, seeds[0], rungs) for scan in scans if seeds]
+    slices = [piece for scan in scans if seeds
+              for piece in _slices(store, reference, name, scan, seeds[0], rungs)]
     if slices:
         images["energy-landscape slices"] = landscape.slice_plot(slices, folder / "slices.png")
 
@@ -173,8 +174,10 @@ def evaluate_flow(store: Store, model: str, stability_settings: Stability | None
     return record
 
 
-def _slice(store: Store, reference: str, name: str, scan: Scan, seed, rungs: list[str]):
-    """The model's slice along ``scan``, with every chosen rung's labels on the scan."""
+def _slices(store: Store, reference: str, name: str, scan: Scan, seed,
+            rungs: list[str]) -> list[landscape.Slice]:
+    """The model's slices along ``scan``: one per rung that labels the scan (the model as it
+    predicts that rung against that rung's labels), or the model alone when none does."""
     coordinates = scan.coordinates
     values = [np.linspace(*c.values, c.points) for c in coordinates]
     if len(coordinates) == 1:
@@ -196,8 +199,12 @@ def _slice(store: Store, reference: str, name: str, scan: Scan, seed, rungs: lis
             energies = {sid: (e if status == "ok" else np.nan) for sid, e, status in
                         zip(labels.structure_ids, labels.energy, labels.status, strict=True)}
             references[rung] = np.reshape([energies.get(sid, np.nan) for sid in ids], shape)
-    model = load_model(reference)
-    return landscape.scan_slice(model, grid, references, name=_scan_name(scan), model_name=name)
+    if not references:
+        return [landscape.scan_slice(load_model(reference), grid, name=_scan_name(scan),
+                                     model_name=name)]
+    return [landscape.scan_slice(tasks.model_for_rung(reference, rung), grid, {rung: energies},
+                                 name=f"{_scan_name(scan)}: {rung}", model_name=name)
+            for rung, energies in references.items()]
 
 
 def _scan_name(scan: Scan) -> str:

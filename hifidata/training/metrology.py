@@ -256,7 +256,8 @@ def _cell(value, spec: str = "") -> str:
 MAX_FAILED_ROWS = 20
 
 _SUMMARY_KEYS = {
-    "name": "name", "recipe": "recipe", "rung": "trained on rung", "method_id": "method",
+    "name": "name", "recipe": "recipe", "rung": "trained on rung", "rungs": "rungs (modalities)",
+    "default_rung": "predicts by default", "method_id": "method",
     "parts": "parts (base + Δ)", "n_train": "training structures",
     "n_val": "validation structures", "train_seconds": "training time (s)",
 }
@@ -323,6 +324,8 @@ def _summary_section(metadata: dict, rungs: Sequence[str]) -> str:
 def _plain(value) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):  # per rung, e.g. a multi-fidelity model's training sizes
+        return ", ".join(f"{k} {v}" for k, v in value.items())
     return str(value)
 
 
