@@ -18,8 +18,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.collections import s22
 from ase.stress import full_3x3_to_voigt_6_stress
-from dimers import hf_label, rattled_dimers
-from scipy.integrate import simpson
+from dimers import energy_difference_and_mean_force, hf_label, rattled_dimers
 
 from hifidata.errors import ModelError
 from hifidata.training import load_model
@@ -158,21 +157,11 @@ def test_forces_are_minus_the_energy_gradient(data, finetuned):
     unshifted = SevennetModel(network, model.config, model.species)
     np.testing.assert_allclose(unshifted.predict([atoms])["forces"][0],
                                model.predict([atoms])["forces"][0], rtol=0, atol=1e-5)
-    half_step = 0.01  # Å
-    offsets = np.linspace(-half_step, half_step, 11)
     for atom, axis in [(0, 0), (1, 2), (3, 1), (5, 0)]:
-        path = []
-        for offset in offsets:
-            moved = atoms.copy()
-            moved.positions[atom, axis] += offset
-            path.append(moved)
-        predicted = unshifted.predict(path)
-        finite_difference = (predicted["energy"][-1] - predicted["energy"][0]) / (2 * half_step)
-        # (E(x+h) − E(x−h)) / 2h is exactly minus the force averaged over [x−h, x+h]
-        forces = np.array([f[atom, axis] for f in predicted["forces"]])
-        mean_force = simpson(forces, x=offsets) / (2 * half_step)
+        difference, mean_force = energy_difference_and_mean_force(unshifted, atoms, atom, axis,
+                                                                  half_step=0.01)
         assert abs(mean_force) > 0.01
-        assert -finite_difference == pytest.approx(mean_force, abs=2e-3)
+        assert difference == pytest.approx(mean_force, abs=2e-3)
 
 
 def test_multifidelity_predicts_each_rung(data, multifidelity):

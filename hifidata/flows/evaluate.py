@@ -24,7 +24,7 @@ from hifidata.flows import tasks
 from hifidata.flows.audit import label_missing, method_of
 from hifidata.flows.progress import reporter
 from hifidata.flows.train import campaign_split, fingerprint, rung_data
-from hifidata.spec import Scan, ScanCoordinate, Stability, Train, first_error
+from hifidata.spec import Scan, ScanCoordinate, Stability, first_error
 from hifidata.training import landscape, metrology, stability
 from hifidata.training.models import load_model
 
@@ -117,7 +117,7 @@ def evaluate_flow(store: Store, model: str, stability_settings: Stability | None
     reference = _resolve(store, model)
     name = Path(model).name if Path(model).is_dir() else model
     rungs = store_rungs(store)
-    split = store.record("split", "campaign") or campaign_split(store, rungs, Train())
+    split = store.record("split", "campaign") or campaign_split(store, rungs)
     seeds = seeds_of(store)
     print_ = fingerprint("evaluate-model", (store.record("model", name) or {}).get(
         "fingerprint", reference), split, stability_settings, scans)

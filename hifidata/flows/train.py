@@ -93,7 +93,8 @@ def train_flow(store: Store, settings: Train, rungs: list[str], models_dir: Path
 
     ``rungs``: the ladder's rung names, cheapest first (they fix the split).
     """
-    split = campaign_split(store, rungs, settings)
+    split = campaign_split(store, rungs, settings.test_fraction, settings.validation_fraction,
+                           settings.seed)
     if settings.recipe == "multifidelity":
         final = _multifidelity(store, settings, rungs, split, models_dir)
     else:
@@ -104,11 +105,12 @@ def train_flow(store: Store, settings: Train, rungs: list[str], models_dir: Path
     return final
 
 
-def campaign_split(store: Store, rungs: list[str], settings: Train) -> dict[str, str]:
-    """structure id → train/validation/test over every rung's selection (recorded)."""
+def campaign_split(store: Store, rungs: list[str], test_fraction: float = 0.2,
+                   validation_fraction: float = 0.15, seed: int = 0) -> dict[str, str]:
+    """structure id → train/validation/test over every rung's selection (recorded); the
+    defaults are the spec's."""
     picks = {rung: store.selection(rung).selected_ids for rung in rungs}
-    split = assign_splits(picks, settings.test_fraction, settings.validation_fraction,
-                          settings.seed)
+    split = assign_splits(picks, test_fraction, validation_fraction, seed)
     if store.record("split", "campaign") != split:
         store.put_record("split", "campaign", split)
     return split
