@@ -26,7 +26,7 @@ from hifidata.flows.progress import reporter
 from hifidata.flows.train import campaign_split, fingerprint, rung_data
 from hifidata.spec import Scan, ScanCoordinate, Stability, first_error
 from hifidata.training import landscape, metrology, stability
-from hifidata.training.models import load_model
+from hifidata.training.models import load_model, read_model_json
 
 
 def run_evaluate(store_path: Path, model: str, *, stability_settings: Stability | None,
@@ -159,7 +159,7 @@ def evaluate_flow(store: Store, model: str, stability_settings: Stability | None
         images["energy-landscape slices"] = landscape.slice_plot(slices, folder / "slices.png")
 
     report = metrology.write_report(
-        folder, model_name=name, model_metadata=load_model(reference).metadata,
+        folder, model_name=name, model_metadata=_metadata(reference),
         parities=parities, by_element=by_element, by_origin=by_origin, stability=md,
         slices=slices, images=images)
     record = {
@@ -172,6 +172,13 @@ def evaluate_flow(store: Store, model: str, stability_settings: Stability | None
     store.put_record("evaluation", name, record)
     bar.note(f"evaluate: {name}: report {report}")
     return record
+
+
+def _metadata(reference: str) -> dict[str, Any]:
+    """What the model's folder says of it (no need to build the network for that)."""
+    if Path(reference).is_dir():
+        return read_model_json(Path(reference)).get("metadata") or {}
+    return {"recipe": "pretrained", "name": reference}
 
 
 def _slices(store: Store, reference: str, name: str, scan: Scan, seed,
