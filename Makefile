@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install engines demo demo-silicon test lint clean
+.PHONY: install engines slurm demo demo-silicon test lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ engines:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cp2k quantum-espresso libopenblas0-openmp >/dev/null; \
 	else echo "make: CP2K and Quantum ESPRESSO are missing: sudo apt-get install cp2k quantum-espresso (docs/install.md)"; exit 1; fi
 
+# the cluster tests start a single-node Slurm of their own (tests/slurm.py), as root
+slurm:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	else echo "make: Slurm is missing: sudo apt-get install slurm-wlm munge (docs/install.md)"; exit 1; fi
+
 demo: $(STAMP)
 	test -f $(DEMO_DIR)/water-dimer.yaml || $(BIN)/hifidata init $(DEMO_DIR) --example water-dimer
 	$(BIN)/hifidata run $(DEMO_DIR)/water-dimer.yaml
@@ -35,7 +42,7 @@ demo-silicon: $(STAMP) engines
 	test -f $(DEMO_DIR)/silicon.yaml || $(BIN)/hifidata init $(DEMO_DIR) --example silicon
 	$(BIN)/hifidata run $(DEMO_DIR)/silicon.yaml
 
-test: $(STAMP) engines
+test: $(STAMP) engines slurm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

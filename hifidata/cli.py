@@ -153,6 +153,42 @@ def run(
 
 
 @app.command()
+def schedule(
+    spec: Path = typer.Argument(..., help="The campaign spec (YAML)."),
+    cron: str = typer.Option(None, help='When to run, as a cron expression: "0 2 * * *" is '
+                             "every day at 02:00."),
+    interval: str = typer.Option(None, help="Or every so long: 90 (seconds), 15m, 6h, 1d."),
+    pool: str = typer.Option(None, help="Register the deployment with this Prefect work pool "
+                             "and return (a `prefect worker start --pool` runs it); without "
+                             "it, this process serves the schedule until stopped."),
+    name: str = typer.Option(None, help="The deployment's name (default: the campaign's)."),
+    until: str = typer.Option("release", help="Last stage each run goes to."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs."),
+) -> None:
+    """Run a campaign on a schedule, as a Prefect deployment (docs/cluster.md)."""
+    _quiet_prefect(verbose)
+    from hifidata.flows import schedule as scheduling
+    from hifidata.spec import STAGES, load_spec
+
+    if until not in STAGES:
+        raise HifidataError(f"--until {until!r}: stages are {', '.join(STAGES)}")
+    loaded = load_spec(spec)  # a bad spec fails now, not at 02:00
+    when = {"cron": cron, "interval": interval}
+    scheduling.schedule_of(**when)  # so does a bad schedule
+    name = name or loaded.name
+    if pool:
+        deployment = scheduling.deploy(spec, name, pool, until=until, **when)
+        out.print(f"deployment hifidata-scheduled-campaign/{name} ({deployment}) on work pool "
+                  f"{pool}: start a worker with `prefect worker start --pool {pool}`")
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("hifidata: no PREFECT_API_URL: the runs are visible only while this "
+                      "process lives (start a server for the UI: docs/cluster.md)")
+    console.print(f"serving {name} ({cron or 'every ' + interval}); Ctrl-C stops")
+    scheduling.serve(spec, name, until=until, **when)
+
+
+@app.command()
 def status(
     store: Path = typer.Argument(..., help="The campaign store (.h5)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
@@ -433,6 +469,8 @@ def _quiet_prefect(verbose: bool) -> None:
     """Prefect's INFO lines would tear the progress bars; the Prefect UI still has every log."""
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Dask's scheduler and workers (their processes inherit it) log every start and stop
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 if __name__ == "__main__":

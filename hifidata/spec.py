@@ -368,9 +368,66 @@ class Release(_Strict):
     description: str = ""
 
 
+class Job(_Strict):
+    """One batch job of a Slurm or PBS cluster; each job is one Dask worker."""
+
+    cores: PositiveInt = 1  # cores the job asks for; labels take rung.threads × rung.ranks each
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    queue: str | None = None  # partition (Slurm) or queue (PBS)
+    account: str | None = None
+    #: extra scheduler lines, e.g. ["--constraint=cpu", "--qos=normal"] (written as #SBATCH …)
+    directives: list[str] = []
+    #: shell lines run before the worker starts, e.g. ["module load cp2k"]
+    prologue: list[str] = []
+
+
+class Scale(_Strict):
+    """Adaptive scaling: jobs come and go with the work queued, within these bounds."""
+
+    minimum: NonNegativeInt = 0
+    maximum: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) is above maximum ({self.maximum})")
+        return self
+
+
+class EngineExecution(_Strict):
+    """How one engine's labels run: at most ``limit`` at once (a Prefect tag concurrency
+    limit on the tag named after the engine), in batch jobs of their own (``job``)."""
+
+    limit: PositiveInt | None = None
+    job: Job | None = None  # none: execution.job
+
+
 class Execution(_Strict):
-    runner: Literal["local"] = "local"
-    max_workers: PositiveInt = 2  # tasks at a time (labels, trajectories)
+    #: local: labels run as threads of the campaign process; dask: on a Dask cluster
+    runner: Literal["local", "dask"] = "local"
+    #: local runner: tasks at a time; dask on a local cluster: worker processes
+    max_workers: PositiveInt = 2
+    #: dask only: local (worker processes on this machine), slurm or pbs (batch jobs through
+    #: dask-jobqueue) or the address of a running Dask scheduler (tcp://host:8786)
+    cluster: str = Field("local", pattern=r"^(local|slurm|pbs|(tcp|tls|ucx)://.+)$")
+    job: Job = Job()
+    scale: Scale = Scale()
+    engines: dict[Literal["pyscf", "cp2k", "espresso"], EngineExecution] = {}
+    #: a rung whose labels fail at more than this rate (after 10) emits a Prefect event
+    failure_rate_alert: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    @property
+    def batch(self) -> bool:
+        """Labels run in batch jobs (Slurm, PBS) that dask-jobqueue submits."""
+        return self.runner == "dask" and self.cluster in ("slurm", "pbs")
+
+    def job_for(self, engine: str) -> Job | None:
+        """The batch job an engine's labels run in (none unless the cluster is Slurm or PBS)."""
+        if not self.batch:
+            return None
+        own = self.engines.get(engine)
+        return own.job if own and own.job else self.job
 
 
 class Spec(_Strict):
@@ -426,6 +483,14 @@ class Spec(_Strict):
                     raise ValueError(f"audit[{i}].methods: no rung named {name!r} (rungs: {names})")
             if audit.methods[0] == audit.methods[1]:
                 raise ValueError(f"audit[{i}].methods: give two different rungs")
+        for i, rung in enumerate(self.ladder):
+            job = self.execution.job_for(rung.engine)
+            if job and rung.threads * rung.ranks > job.cores:
+                raise ValueError(
+                    f"ladder[{i}] ({rung.name}): a label takes threads × ranks = "
+                    f"{rung.threads * rung.ranks} cores, more than the {job.cores} of a "
+                    f"{rung.engine} job (execution.job.cores)"
+                )
         if self.train is None:
             return self
         train = self.train

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ase.collections import s22
+from prefect_server import start_prefect_server, stop_prefect_server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -62,3 +63,27 @@ def write_spec(folder: Path, spec: dict, seeds: str | None = None) -> Path:
     path = folder / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (`prefect server start`, SQLite) on 127.0.0.1, as users run it.
+
+    Its scheduler loops every second so a scheduled deployment fires within a test. Tests
+    use it through ``prefect_api``.
+    """
+    url, process = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield url
+    finally:
+        stop_prefect_server(process)
+
+
+@pytest.fixture
+def prefect_api(prefect_server, monkeypatch):
+    """This test's flows, and the subprocesses it starts, report to the real server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        yield prefect_server

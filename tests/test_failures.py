@@ -4,7 +4,12 @@ quarantined, and the campaign finishes around them."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import tiny_spec, write_spec
@@ -98,3 +103,43 @@ def test_failures_are_rescued_or_quarantined_and_the_campaign_goes_on(tmp_path, 
     as_json = CliRunner().invoke(app, ["status", status["store"], "--json"])
     listed = {f["structure_id"]: f for f in json.loads(as_json.output)["failures"]}
     assert listed[selected[2]]["message"] == "injected: the engine rejected its input"
+
+
+def test_an_engine_program_dies_with_the_process_that_started_it(tmp_path):
+    """SIGKILL of a labeling process (no chance to clean up) still ends its engine program,
+    started from a worker thread as the label stage starts them."""
+    script = (
+        "import threading, pathlib\n"
+        "from hifidata.calculators.process import run_program\n"
+        f"t = threading.Thread(target=run_program, args=(['sleep', '60'], "
+        f"pathlib.Path({str(tmp_path)!r})))\n"
+        "t.start(); t.join()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        child = _wait_for(lambda: _children(parent.pid), timeout=60)[0]
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    assert _wait_for(lambda: not _alive(child), timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid), "sleep"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie waiting for init to reap it counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)
+    return result

@@ -105,6 +105,20 @@ BAD_INPUTS = {
         lambda s: s.update(evaluate={"scans": [{"coordinates": [
             {"atoms": [0, 6], "values": [2.5, 4.0]}]}]}), None,
         r"evaluate\.scans\[0\]\.coordinates\[0\]\.atoms: \[0, 6\] are not two atoms"),
+    "a label bigger than its batch job": (
+        lambda s: (s["ladder"][1].update(threads=4),
+                   s.update(execution={"runner": "dask", "cluster": "slurm",
+                                       "job": {"cores": 2}})), None,
+        r"ladder\[1\] \(ccsdt\): a label takes threads × ranks = 4 cores, more than the 2"),
+    "an unknown cluster": (
+        lambda s: s.update(execution={"runner": "dask", "cluster": "sge"}), None,
+        r"execution\.cluster: String should match pattern"),
+    "scaling bounds the wrong way round": (
+        lambda s: s.update(execution={"scale": {"minimum": 5, "maximum": 2}}), None,
+        r"execution\.scale: .*minimum \(5\) is above maximum \(2\)"),
+    "a Slurm cluster without a Prefect server": (
+        lambda s: s.update(execution={"runner": "dask", "cluster": "slurm"}), None,
+        r"execution\.cluster slurm: the Dask workers need a Prefect server"),
     "rung picked from a later rung": (
         lambda s: s["ladder"][0]["select"].update({"from": "ccsdt"}), None,
         r"ladder\[0\]\.select\.from: 'ccsdt' is not one of \['candidates'\]"),
@@ -165,6 +179,21 @@ def test_the_example_spec_loads():
     assert spec.store_path == (EXAMPLES / "water-dimer.h5").resolve()
 
 
+def test_the_silicon_example_s_cluster_block_is_a_valid_execution_section():
+    """The commented Slurm set-up users copy from examples/silicon.yaml validates."""
+    import yaml
+    from conftest import EXAMPLES
+
+    from hifidata.spec import Execution
+
+    lines = (EXAMPLES / "silicon.yaml").read_text().split("# on a Slurm cluster")[1]
+    block = "\n".join(line.strip()[2:] for line in lines.splitlines()[1:]
+                      if line.strip().startswith("#"))
+    execution = Execution(**yaml.safe_load(block))
+    assert execution.batch and execution.job_for("cp2k").cores == 8
+    assert execution.engines["cp2k"].limit == 50
+
+
 def test_the_recipe_follows_the_blocks_given():
     base = tiny_spec()["train"]
     from hifidata.spec import Train
@@ -180,7 +209,7 @@ def test_the_recipe_follows_the_blocks_given():
 def test_every_command_has_help():
     for command in ["--help", "init --help", "run --help", "status --help", "predict --help",
                     "export --help", "audit --help", "train --help", "evaluate --help",
-                    "plan --help"]:
+                    "plan --help", "schedule --help"]:
         result = hifidata(*command.split())
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

@@ -223,6 +223,10 @@ def label(
         "engine": method.engine,
         "engine_version": engine.version(),
         "host": platform.node(),
+        "pid": os.getpid(),
+        # which batch job computed it, when one did: what a cluster's accounting knows it by
+        **{key.lower(): os.environ[key] for key in ("SLURM_JOB_ID", "PBS_JOBID")
+           if key in os.environ},
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "threads": threads,
         "ranks": ranks,

@@ -9,10 +9,12 @@ own messages, so it classifies those first and calls :func:`exit_failure` for th
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ def run_program(
             process = subprocess.Popen(
                 list(argv), cwd=cwd, stdin=inp, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # its own process group: a kill reaches mpirun's children
+                preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
             error = EngineCrashed(
@@ -96,6 +99,18 @@ def run_program(
             _kill_group(process)
             raise
     return Finished(returncode, output.read_text(errors="replace"), time.perf_counter() - start)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies, so a
+    campaign killed with SIGKILL (no chance to clean up) leaves no CP2K or pw.x running on.
+    SIGTERM, not SIGKILL, so mpirun can still pass it on to its ranks."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -136,6 +136,11 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy sent to another process (Prefect ships a flow's parameters with its tasks'
+        # context) reads; the writer's lock stays with the writer
+        return {**self.__dict__, "mode": "r", "_lock_file": None}
+
     def _check_readable(self) -> None:
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no such store")

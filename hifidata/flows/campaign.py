@@ -30,6 +30,8 @@ from hifidata.errors import HifidataError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
 from hifidata.flows.evaluate import evaluate_flow
+from hifidata.flows.execution import check_server, label_executor
+from hifidata.flows.monitor import LabelMonitor, campaign_finished
 from hifidata.flows.progress import reporter
 from hifidata.flows.train import fingerprint, rung_data, train_flow
 from hifidata.sampling import costs
@@ -54,6 +56,7 @@ def run_campaign(spec_path: str | Path, until: str = "release") -> dict[str, Any
         raise HifidataError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     spec = load_spec(spec_path)  # before the store is touched: bad input changes nothing
     _check_history(spec)
+    check_server(spec.execution)
     return campaign(spec, until)
 
 
@@ -99,7 +102,9 @@ def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
             stages[name].with_options(task_runner=runner)(spec, store)
             timings[name] = round(time.perf_counter() - start, 1)
         store.put_record("timings", "last_run", timings)
-        return {**campaign_status(store), "timings_s": timings}
+        status = {**campaign_status(store), "timings_s": timings}
+    campaign_finished(spec.name, until, status)
+    return status
 
 
 def _runner(spec: Spec) -> ThreadPoolTaskRunner:
@@ -315,31 +320,35 @@ def _featurize(ids: list[str], spec: Spec, store: Store, known: dict[str, np.nda
 @flow(name="label")
 def label_stage(spec: Spec, store: Store) -> None:
     bar = reporter()
+    monitor = LabelMonitor(spec.name, store, spec.execution.failure_rate_alert)
     futures = {}
-    # the most expensive rung first, so the long labels don't all wait at the end
-    for rung in reversed(spec.ladder):
-        method = rung.resolved
-        store.add_method(method)
-        how = {"engine": method.engine, "params": dict(method.params), "threads": rung.threads,
-               "ranks": rung.ranks}
-        if store.record("method", rung.name) != how:  # what `hifidata audit` reruns it with
-            store.put_record("method", rung.name, how)
-        done = store.labeled_ids(method.method_id)
-        todo = [sid for sid in store.selection(rung.name).selected_ids if sid not in done]
-        bar.start(rung.name, f"label: {rung.name} ({method.describe()})", len(todo))
-        for sid, atoms in zip(todo, store.structures(todo), strict=True):
-            future = tasks.label.with_options(task_run_name=f"{rung.name}-{sid[:12]}").submit(
-                atoms, method, rung.threads, rung.ranks
-            )
-            futures[future] = rung.name
-    with threadpool_limits(limits=1):  # labels run side by side; engines set their own threads
-        for future in as_completed(futures):
-            result = future.result()
-            store.add_labels([result])
-            bar.advance(futures[future])
-            if not result.ok:
-                bar.note(f"label: {futures[future]} {result.structure_id[:12]} "
-                         f"quarantined: {result.status}: {result.message}")
+    with label_executor(spec, spec.ladder, spec.campaign_dir / "logs") as submit:
+        # the most expensive rung first, so the long labels don't all wait at the end
+        for rung in reversed(spec.ladder):
+            method = rung.resolved
+            store.add_method(method)
+            how = {"engine": method.engine, "params": dict(method.params),
+                   "threads": rung.threads, "ranks": rung.ranks}
+            if store.record("method", rung.name) != how:  # what `hifidata audit` reruns it with
+                store.put_record("method", rung.name, how)
+            done = store.labeled_ids(method.method_id)
+            selected = store.selection(rung.name).selected_ids
+            todo = [sid for sid in selected if sid not in done]
+            bar.start(rung.name, f"label: {rung.name} ({method.describe()})", len(todo))
+            monitor.start(rung.name, method.method_id, len(selected), len(selected) - len(todo))
+            for sid, atoms in zip(todo, store.structures(todo), strict=True):
+                futures[submit(rung, sid, atoms)] = rung.name
+        # labels run side by side; engines set their own threads
+        with threadpool_limits(limits=1):
+            for future in as_completed(futures):
+                result = future.result()
+                store.add_labels([result])  # whole, the moment it arrives: a kill loses none
+                bar.advance(futures[future])
+                monitor.labeled(futures[future], result)
+                if not result.ok:
+                    bar.note(f"label: {futures[future]} {result.structure_id[:12]} "
+                             f"quarantined: {result.status}: {result.message}")
+    monitor.close()
     for rung in spec.ladder:
         bar.done(rung.name)
     _draw_maps(spec, store)
