@@ -82,8 +82,13 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def prefect_api(prefect_server, monkeypatch):
     """This test's flows, and the subprocesses it starts, report to the real server."""
+    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # Prefect keeps one events worker per process, bound to the server it first saw: without
+    # a fresh one, events would go to the throw-away server of an earlier test
+    EventsWorker.drain_all(timeout=10, at_exit=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         yield prefect_server
+        EventsWorker.drain_all(timeout=10, at_exit=False)

@@ -23,6 +23,7 @@ from typing import Any
 
 import dask
 from ase import Atoms
+from prefect import Task
 from prefect.client.orchestration import get_client
 from prefect.futures import PrefectFuture
 
@@ -62,7 +63,7 @@ def apply_limits(execution: Execution) -> None:
             client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
 
 
-def label_task(rung: Rung, structure_id: str, execution: Execution):
+def label_task(rung: Rung, structure_id: str, execution: Execution) -> Task:
     """The label task of one structure, named after it. Tagged with its engine when the spec
     limits that engine: the tag is what Prefect's concurrency limit counts. (Unlimited engines
     go untagged: Prefect 3.8 spends seconds per task run on a tag that has no limit.)"""
