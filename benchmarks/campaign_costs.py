@@ -29,14 +29,15 @@ from hifidata.spec import load_spec
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water-dimer.yaml"
 
 
-def dimers(n: int, seed: int = 0):
+def dimers(n: int, seed: int = 0, stdev: float = 0.03) -> list:
+    """``n`` water dimers, the s22 geometry with Gaussian displacements of ``stdev`` Å."""
     base = s22["Water_dimer"].copy()
     base.info = {"charge": 0, "spin": 1}
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         atoms = base.copy()
-        atoms.positions += rng.normal(0, 0.03, atoms.positions.shape)
+        atoms.positions += rng.normal(0, stdev, atoms.positions.shape)
         out.append(atoms)
     return out
 

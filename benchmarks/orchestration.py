@@ -87,21 +87,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def dimers(n: int, seed: int, stdev: float) -> list:
-    """``n`` water dimers, the s22 geometry with Gaussian displacements of ``stdev`` Å."""
-    from ase.collections import s22
-
-    base = s22["Water_dimer"].copy()
-    base.info = {"charge": 0, "spin": 1}
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = base.copy()
-        atoms.positions += rng.normal(0, stdev, atoms.positions.shape)
-        out.append(atoms)
-    return out
-
-
 def method_params(basis: str) -> dict[str, Any]:
     """The rung's method as the spec gives it, and as hifidata resolves it (all defaults)."""
     from hifidata.calculators.base import Method
@@ -424,6 +409,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="orchestration-") as temporary:
         work = args.workdir or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
+        from campaign_costs import dimers  # beside this script; only the parent needs it
+
         structures = dimers(args.n, args.seed, args.stdev)
         method = method_params(args.basis)
         write_inputs(work, structures, method["resolved"])
