@@ -3,7 +3,7 @@
 MD: ``--replicas`` Langevin NVT replicas (300 K, 0.5 fs, exploration monitors every 10 steps)
 of a small system for ``--steps`` steps, run (1) one replica after the other through
 MLIPCalculator + ASE Langevin, one structure per model call, and (2) all in lockstep through
-hifidata.deploy.md.run_md_batched: same ASE integrator, one model call per step for all
+hifidata.sampling.ase_md.run_md_batched: same ASE integrator, one model call per step for all
 replicas. Systems: the water dimer of ase.collections.s22 (6 atoms, boxed molecule) and an
 8-atom diamond Si cell. Featurization: ``structure_features`` of ``--structures`` rattled
 copies with batch_size 64 vs 1.
@@ -76,7 +76,7 @@ from ase.build import bulk
 from ase.collections import s22
 
 from hifidata.calculators.mlip import MLIPCalculator, batch_predictor, load_chgnet
-from hifidata.deploy.md import MDJob, run_md, run_md_batched
+from hifidata.sampling.ase_md import MDJob, run_md, run_md_batched
 from hifidata.sampling.dynamics import exploration_monitors
 from hifidata.sampling.features import structure_features
 

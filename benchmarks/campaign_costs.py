@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from hifidata.calculators.base import Label, Method, label
 from hifidata.calculators.mlip import MLIPCalculator, predict_batch, pretrained_chgnet
 from hifidata.datasets.store import Store
-from hifidata.deploy.md import langevin
+from hifidata.sampling.ase_md import langevin
 from hifidata.spec import load_spec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water-dimer.yaml"

@@ -343,6 +343,81 @@ def export(
     out.print(f"wrote {output}: {', '.join(info['files'])}")
 
 
+@app.command()
+def md(
+    model: str = typer.Argument(..., help="A model folder, an exported artifact (export-model) "
+                                "or a pretrained MLIP (7net-0, 7net-mf-0, chgnet-0.3.0)."),
+    structure: Path = typer.Argument(..., help="Start structure(s): any file ase.io.read reads; "
+                                     "every structure in it is run."),
+    temperature: list[float] = typer.Option(..., "--temperature", "-T", help="Target K "
+                                            "(repeat for several temperatures)."),
+    steps: int = typer.Option(..., help="MD steps."),
+    replicas: int = typer.Option(1, help="Seeds per structure and temperature, all run "
+                                 "together in one batch."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    ensemble: str = typer.Option("langevin", help="nve, langevin, csvr (NVT, Bussi) or npt "
+                                 "(CSVR + stochastic cell rescaling; periodic cells)."),
+    timestep: float = typer.Option(0.5, help="fs."),
+    pressure: float = typer.Option(0.0, help="npt: target pressure in GPa."),
+    friction: float = typer.Option(0.01, help="langevin: friction in 1/fs."),
+    thermostat_time: float = typer.Option(50.0, help="csvr/npt: thermostat time constant, fs."),
+    barostat_time: float = typer.Option(500.0, help="npt: barostat time constant, fs."),
+    every: int = typer.Option(100, help="Write a frame (and record E, T) every this many steps."),
+    output: Path = typer.Option(None, "--out", help="Trajectory: .extxyz (a file per replica) "
+                                "or .h5 (one file)."),
+    rung: str = typer.Option(None, help="The rung a multi-fidelity model predicts (or a "
+                             "composite's base rung)."),
+    seed: int = typer.Option(0, help="Seed of the first replica (the others: seed + 1, ...)."),
+    charge: int = typer.Option(0, help="Charge of every structure (if the file has none)."),
+) -> None:
+    """Molecular dynamics with a model: many replicas in one batch on CPU or GPU (docs/md.md)."""
+    from hifidata.flows.md import MDRun, run_md_file
+    from hifidata.flows.progress import reporting
+
+    request = MDRun(model, structure, temperature, steps, replicas, device, ensemble, timestep,
+                    pressure, friction, thermostat_time, barostat_time, every, output, rung,
+                    seed, charge)
+    with RichReporter(console) as bars, reporting(bars):
+        summary = run_md_file(request)
+    table = Table(title=f"{len(summary['replicas'])} replicas, {summary['steps']} steps on "
+                  f"{summary['device']}", title_justify="left")
+    for column in ("structure", "T K", "seed", "steps", "mean T K", "E eV", "result"):
+        table.add_column(column, justify="left" if column == "result" else "right")
+    for row in summary["replicas"]:
+        mean = row["mean_temperature_K"]
+        energy = row["final_energy_eV"]
+        table.add_row(str(row["structure"]), f"{row['temperature']:g}", str(row["seed"]),
+                      str(row["steps"]), "-" if mean is None else f"{mean:.0f}",
+                      "-" if energy is None else f"{energy:.4f}",
+                      "stable" if row["stable"] else row["stopped"])
+    out.print(table)
+    out.print(f"{summary['ns_per_day']:.3g} ns/day per replica, "
+              f"{summary['atom_steps_per_s']:.3g} atom·steps/s ({summary['atoms']} atoms, "
+              f"{summary['wall_time_s']:.1f} s)")
+    if summary["trajectory"]:
+        out.print(f"trajectory: {summary['trajectory']}")
+
+
+@app.command("export-model")
+def export_model(
+    model: str = typer.Argument(..., help="A model folder or a pretrained MLIP name."),
+    output: Path = typer.Option(..., "--out", help="The artifact folder (must not exist or be "
+                                "empty)."),
+    rung: str = typer.Option(None, help="The rung a multi-fidelity model is exported for."),
+    name: str = typer.Option(None, help="The model's name in its card (default: the folder's)."),
+) -> None:
+    """Export a model as a self-contained artifact with a model card: TorchScript for LAMMPS
+    (pair_style e3gnn) for SevenNet models, a checked copy for CHGNet ones (docs/export.md)."""
+    from hifidata.deploy.export import export_model as export
+
+    try:
+        path = export(model, output, rung=rung, name=name,
+                      progress=lambda text: console.print(text, markup=False, highlight=False))
+    except ValueError as error:
+        raise HifidataError(str(error)) from None
+    out.print(f"wrote {path}")
+
+
 # -- output ----------------------------------------------------------------------------------
 class RichReporter:
     """Progress bars for the flows' stages (see hifidata.flows.progress)."""
@@ -363,6 +438,10 @@ class RichReporter:
     def advance(self, key: str, amount: int = 1) -> None:
         if key in self.tasks:
             self.progress.advance(self.tasks[key], amount)
+
+    def describe(self, key: str, description: str) -> None:
+        if key in self.tasks:
+            self.progress.update(self.tasks[key], description=description)
 
     def done(self, key: str, summary: str = "") -> None:
         if key in self.tasks:

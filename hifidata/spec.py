@@ -353,13 +353,20 @@ class Evaluate(_Strict):
 
 
 class Deploy(_Strict):
+    """Production MD of the first seed with the final model on the batched engine."""
+
     temperature: Positive = 300.0
     steps: PositiveInt = 4000
     timestep: Positive = 0.5
-    friction: Positive = 0.01
+    ensemble: Literal["nve", "langevin", "csvr", "npt"] = "langevin"
+    pressure: float = 0.0  # GPa (npt)
+    friction: Positive = 0.01  # 1/fs (langevin)
+    replicas: PositiveInt = 1  # seeds seed, seed + 1, ... run together
     min_distance: Positive = 0.6  # Å; closer atoms mean the model went unphysical
     sample_every: PositiveInt = 20
     seed: int = 0
+    device: str | None = None  # default: cuda when present, else cpu
+    export: bool = True  # also write the final model's artifact (TorchScript, model card)
 
 
 class Release(_Strict):

@@ -92,3 +92,14 @@ def prefect_api(prefect_server, monkeypatch):
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         yield prefect_server
         EventsWorker.drain_all(timeout=10, at_exit=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors gain nothing from a second torch thread, and on a busy 2-core machine two
+    threads wait for each other: model calls took seconds instead of milliseconds."""
+    from hifidata.training.models import torch_threads
+
+    with torch_threads(1):
+        yield
+

@@ -20,8 +20,8 @@ from hifidata.calculators.mlip import (
     pretrained_chgnet,
     to_structure,
 )
-from hifidata.deploy.md import MDJob, run_md, run_md_batched
 from hifidata.sampling import dynamics
+from hifidata.sampling.ase_md import MDJob, run_md, run_md_batched
 from hifidata.sampling.explore import md_trajectory
 from hifidata.structures import structure_id
 

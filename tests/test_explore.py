@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hifidata.calculators.mlip import MLIPCalculator, pretrained_chgnet
-from hifidata.deploy.md import (
+from hifidata.sampling.ase_md import (
     bonds_kept,
     close_contact,
     default_monitors,

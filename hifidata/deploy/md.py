@@ -1,365 +1,489 @@
-"""Molecular dynamics with any hifidata model, watched by stability monitors.
+"""The batched MD engine: many replicas advanced together in torch, one potential call per step.
 
-One driver, ``run_dynamics``, runs any ASE integrator: Langevin NVT (``langevin_dynamics``),
-LangevinBAOAB NPT (``npt_dynamics``), either with a temperature ramp. It serves exploration
-(pretrained MLIP) and deployment (trained models); ``langevin`` is the NVT shorthand. Monitors
-look at the structure every ``check_every`` steps and stop the run with a reason when it turns
-unphysical (atoms too close, a covalent bond torn apart, temperature runaway, a cell exploding
-or collapsing): an MLIP in a region it never saw fails that way, and a stopped run is a result.
+Replicas may differ in structure, size, temperature (or temperature ramp), pressure and seed;
+their atoms are stacked into one batch on the device (CPU or CUDA) and every MD step is one
+call of a ``Potential`` (hifidata.deploy.potentials) on edges from a device neighbor list that
+is rebuilt only when an atom moved more than half the skin (hifidata.deploy.neighbors).
 
-``MDJob`` describes one run; ``run_md`` runs it with a calculator, ``run_md_batched`` runs many
-in lockstep with one batched model call per step (hifidata.calculators.batching).
+Ensembles (``MDSettings.ensemble``), all with a time-reversible velocity-Verlet core:
+
+- ``nve``: velocity Verlet.
+- ``langevin``: BAOAB Langevin (Leimkuhler & Matthews, AMRX 2013), friction γ.
+- ``csvr``: canonical sampling through velocity rescaling (Bussi, Donadio & Parrinello, JCP 126,
+  014101 (2007)): the kinetic energy follows its exact canonical stochastic dynamics with time
+  constant τ_T, so it samples NVT with minimal disturbance of the trajectory.
+- ``npt``: CSVR plus isotropic stochastic cell rescaling (Bernetti & Bussi, JCP 153, 114107
+  (2020)), a first-order barostat that samples the isothermal-isobaric volume distribution;
+  periodic cells only, and the potential must give stresses.
+
+State is float64 (positions, velocities, cells); potentials get vectors in their own dtype.
+Positions are never wrapped during a run (the neighbor list takes unwrapped positions), so
+bonds and diffusion stay continuous; written frames are wrapped. Every replica draws its noise
+from its own generator seeded by its seed, so a replica's trajectory does not depend on which
+others share its batch (up to the float rounding of batched model calls).
+
+Monitors look every ``check_every`` steps and stop a replica (it leaves the batch, the others go
+on) with the reason: two atoms closer than ``min_distance``, a covalent bond of a molecule torn
+past ``bond_factor`` × its covalent length, a temperature past ``runaway_factor`` × the target,
+a cell volume off by ``volume_factor``, or a non-finite energy. Units: Å, eV, fs, K, GPa.
 """
 
 from __future__ import annotations
 
-import threading
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.langevinbaoab import LangevinBAOAB
-from ase.md.md import MolecularDynamics
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.neighborlist import natural_cutoffs, neighbor_list
 
-from hifidata.calculators.batching import Predict, run_lockstep
-from hifidata.structures import closest_pair
+from hifidata.deploy.neighbors import VerletList
+from hifidata.deploy.potentials import Graph, Potential
+from hifidata.deploy.trajectory import TrajectoryWriter
+from hifidata.sampling.ase_md import MDResult, temperature_schedule, thermalize
 
-#: A monitor returns the reason to stop, or None while the structure is fine.
-Monitor = Callable[[Atoms], str | None]
-
-#: A covalent bond counts as broken beyond this multiple of the sum of covalent radii.
-BOND_BREAK_FACTOR = 1.5
-
-#: A barostat run stops when the cell volume grows or shrinks by more than this factor.
-VOLUME_CHANGE_FACTOR = 2.0
-
-
-def close_contact(min_distance: float) -> Monitor:
-    def check(atoms: Atoms) -> str | None:
-        i, j, d = closest_pair(atoms)
-        if d < min_distance:
-            return f"close contact: atoms {i} and {j} at {d:.3f} Å (< {min_distance} Å)"
-        return None
-
-    return check
-
-
-def bonds_kept(reference: Atoms, factor: float = BOND_BREAK_FACTOR) -> Monitor:
-    """Stop when a covalent bond of ``reference`` stretches past ``factor`` × covalent length.
-
-    This is "no molecule dissociated": thermal O–H stretches at 300 K stay far below 1.5×.
-    """
-    i_idx, j_idx = neighbor_list("ij", reference, natural_cutoffs(reference, mult=1.2))
-    bonds = [(i, j) for i, j in zip(i_idx, j_idx, strict=True) if i < j]
-    radii = np.array(natural_cutoffs(reference))
-
-    def check(atoms: Atoms) -> str | None:
-        for i, j in bonds:
-            d = atoms.get_distance(i, j, mic=atoms.pbc.any())
-            limit = factor * (radii[i] + radii[j])
-            if d > limit:
-                return (
-                    f"bond {atoms[i].symbol}{i}–{atoms[j].symbol}{j} broke: "
-                    f"{d:.2f} Å (> {limit:.2f} Å)"
-                )
-        return None
-
-    return check
-
-
-def temperature_runaway(target: float, factor: float = 5.0) -> Monitor:
-    def check(atoms: Atoms) -> str | None:
-        temperature = atoms.get_temperature()
-        if temperature > factor * target:
-            return f"temperature runaway: {temperature:.0f} K (> {factor:g} × {target:g} K)"
-        return None
-
-    return check
-
-
-def default_monitors(atoms: Atoms, temperature: float, min_distance: float) -> list[Monitor]:
-    return [close_contact(min_distance), bonds_kept(atoms), temperature_runaway(temperature)]
-
-
-def volume_change(reference: Atoms, factor: float = VOLUME_CHANGE_FACTOR) -> Monitor:
-    """Stop when the cell volume leaves [V0 / factor, V0 × factor]: an exploding or collapsing
-    cell under a barostat (a cell is only as trustworthy as the stress that drives it)."""
-    reference_volume = reference.get_volume()
-
-    def check(atoms: Atoms) -> str | None:
-        ratio = atoms.get_volume() / reference_volume
-        if ratio > factor or ratio < 1 / factor:
-            return f"cell volume change: V/V0 = {ratio:.2f} (outside 1/{factor:g} … {factor:g})"
-        return None
-
-    return check
+ENSEMBLES = ("nve", "langevin", "csvr", "npt")
 
 
 @dataclass
-class MDResult:
-    """Sampled frames (positions only, charge/spin kept) and how the run ended."""
+class MDSettings:
+    """How every replica of a run moves and when it is stopped (units: fs, K, GPa, Å)."""
 
-    frames: list[Atoms] = field(default_factory=list)
-    frame_steps: list[int] = field(default_factory=list)
-    energies: list[float] = field(default_factory=list)  # potential, eV
-    temperatures: list[float] = field(default_factory=list)  # K
-    steps_done: int = 0
-    stopped: str | None = None  # why a monitor stopped the run; None: it ran to the end
-    wall_time: float = 0.0
-    volumes: list[float] = field(default_factory=list)  # Å³ per frame (periodic cells)
-    target_temperatures: list[float] = field(default_factory=list)  # thermostat's K per frame
+    ensemble: str = "langevin"
+    timestep: float = 0.5  # fs
+    friction: float = 0.01  # 1/fs (langevin)
+    thermostat_time: float = 50.0  # fs, τ_T (csvr, npt)
+    barostat_time: float = 500.0  # fs, τ_P (npt)
+    compressibility: float = 0.01  # 1/GPa (npt): how fast the volume relaxes, not where to
+    skin: float = 1.0  # Å, neighbor-list skin
+    check_every: int = 10
+    sample_every: int = 100  # frames (energy, temperature, structure) every this many steps
+    min_distance: float = 0.5  # Å
+    runaway_factor: float = 5.0
+    bond_factor: float = 1.5
+    volume_factor: float = 2.0
+    fix_com: bool = True  # remove the centre-of-mass motion (no drift under random kicks)
 
-    @property
-    def stable(self) -> bool:
-        return self.stopped is None
-
-
-def temperature_schedule(
-    temperatures: float | Sequence[float], steps: int
-) -> Callable[[int], float]:
-    """Target temperature at each step: a constant, or piecewise linear through ``temperatures``
-    spread evenly over ``steps`` ([300, 2000, 300]: heat to 2000 K by the middle, then quench)."""
-    if isinstance(temperatures, int | float):
-        value = float(temperatures)
-        return lambda step: value
-    knots = [float(t) for t in temperatures]
-    if not knots:
-        raise ValueError("a temperature schedule needs at least one temperature")
-    if len(knots) == 1:
-        return lambda step: knots[0]
-    at = np.linspace(0, steps, len(knots))
-    return lambda step: float(np.interp(step, at, knots))
-
-
-def thermalize(atoms: Atoms, temperature: float, rng: np.random.Generator) -> None:
-    """Maxwell–Boltzmann velocities at ``temperature``, no drift (nor spin for a molecule)."""
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
-
-
-def langevin_dynamics(
-    atoms: Atoms, temperature: float, timestep: float = 0.5, friction: float = 0.01,
-    seed: int = 0,
-) -> Langevin:
-    """ASE Langevin NVT on ``atoms`` (calculator attached), velocities drawn from ``seed``.
-
-    ``atoms`` is changed in place: centre of mass fixed, velocities set.
-    """
-    atoms.set_constraint(FixCom())  # no drift of the whole system under the random kicks
-    rng = np.random.default_rng(seed)
-    thermalize(atoms, temperature, rng)
-    return Langevin(
-        atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
-        fixcm=False, rng=rng,
-    )
-
-
-def npt_dynamics(
-    atoms: Atoms, temperature: float, pressure: float, timestep: float = 0.5,
-    friction: float = 0.01, barostat_time: float = 200.0, hydrostatic: bool = True,
-    seed: int = 0,
-) -> LangevinBAOAB:
-    """ASE LangevinBAOAB NPT on periodic ``atoms``: pressure in GPa, T in K, timestep in fs.
-
-    Langevin thermostat on the atoms (time constant 1/``friction`` fs) and a Langevin–Hoover
-    barostat on the cell (period ~``barostat_time`` fs, also its damping time); ``hydrostatic``
-    keeps the cell shape and lets only the volume change (robust for small cells), otherwise
-    the whole cell moves. One force+stress evaluation per step.
-    """
-    if not atoms.pbc.all():
-        raise ValueError("NPT needs a periodic structure (pbc on all three axes, with a cell)")
-    atoms.set_constraint()
-    rng = np.random.default_rng(seed)
-    thermalize(atoms, temperature, rng)
-    dt = timestep * units.fs
-    p_tau = barostat_time * units.fs
-    # ASE's heuristic barostat mass (fitted on Al: fluctuation period ≈ P_tau / 4) scaled so
-    # the period is ≈ P_tau itself: slow, well damped cell motion for small cells
-    p_mass = (p_tau / (1.66 * units.fs) * len(atoms) ** (1 / 6)) ** 2
-    return LangevinBAOAB(
-        atoms, dt, temperature_K=temperature, externalstress=-pressure * units.GPa,
-        hydrostatic=hydrostatic, T_tau=units.fs / friction, P_tau=p_tau, P_mass=p_mass, rng=rng,
-    )
-
-
-def run_dynamics(
-    dynamics: MolecularDynamics,
-    steps: int,
-    sample_every: int = 10,
-    monitors: Sequence[Monitor] = (),
-    check_every: int = 1,
-    progress: Callable[[int], None] | None = None,
-    temperature: Callable[[int], float] | None = None,
-    keep_info: dict | None = None,
-) -> MDResult:
-    """Run any ASE dynamics ``steps`` steps, watched by ``monitors``, sampling frames.
-
-    Frames are taken every ``sample_every`` steps (step 0 excluded: it is the start structure);
-    monitors look every ``check_every`` steps and at every frame, and the first reason stops the
-    run. ``temperature(step)`` (a ramp) resets the thermostat's target before each step through
-    ``dynamics.set_temperature``. ``progress(n)`` gets the steps done since its last call
-    (every 50 steps and at the end). ``keep_info`` goes into every frame's ``info``.
-    """
-    work = dynamics.atoms
-    result, start = MDResult(), time.perf_counter()
-    target = None
-    for step in range(1, steps + 1):
-        if temperature is not None:
-            target = temperature(step)
-            dynamics.set_temperature(temperature_K=target)
-        dynamics.run(1)
-        result.steps_done = step
-        if step % check_every == 0 or step % sample_every == 0:
-            reason = next((r for m in monitors if (r := m(work)) is not None), None)
-            if reason is not None:
-                result.stopped = f"step {step}: {reason}"
-                break
-        if step % sample_every == 0:
-            frame = Atoms(work.get_atomic_numbers(), work.get_positions(), cell=work.cell,
-                          pbc=work.pbc)
-            frame.info.update(keep_info or {})
-            result.frames.append(frame)
-            result.frame_steps.append(step)
-            result.energies.append(float(work.get_potential_energy()))
-            result.temperatures.append(float(work.get_temperature()))
-            if work.pbc.all():
-                result.volumes.append(float(work.get_volume()))
-            if target is not None:
-                result.target_temperatures.append(target)
-        if progress is not None and step % 50 == 0:
-            progress(50)
-    if progress is not None:
-        progress(result.steps_done % 50)
-    result.wall_time = time.perf_counter() - start
-    return result
-
-
-def langevin(
-    atoms: Atoms,
-    calculator: Calculator,
-    temperature: float,
-    steps: int,
-    timestep: float = 0.5,
-    friction: float = 0.01,
-    sample_every: int = 10,
-    seed: int = 0,
-    monitors: Sequence[Monitor] = (),
-    check_every: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> MDResult:
-    """Langevin NVT from ``atoms``; T in K, timestep in fs, friction in 1/fs.
-
-    Frames are taken every ``sample_every`` steps (step 0 excluded: it is the start structure).
-    ``progress(n)`` is called with the number of steps done since the last call.
-    """
-    work = atoms.copy()
-    work.calc = calculator
-    dynamics = langevin_dynamics(work, temperature, timestep, friction, seed)
-    return run_dynamics(dynamics, steps, sample_every, monitors, check_every, progress,
-                        keep_info=_charge_and_spin(atoms))
-
-
-def _charge_and_spin(atoms: Atoms) -> dict:
-    return {k: atoms.info[k] for k in ("charge", "spin") if k in atoms.info}
+    def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble {self.ensemble!r}: use one of "
+                             f"{', '.join(ENSEMBLES)}")
+        for name in ("timestep", "friction", "thermostat_time", "barostat_time",
+                     "compressibility", "check_every", "sample_every"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.skin < 0:
+            raise ValueError(f"skin must not be negative, got {self.skin}")
 
 
 @dataclass
-class MDJob:
-    """One MD run for ``run_md`` / ``run_md_batched``.
-
-    ``temperature``: K, or a piecewise-linear schedule (a list of K; see
-    ``temperature_schedule``); ``pressure``: GPa for NPT (LangevinBAOAB), None for NVT
-    (Langevin). Velocities start at the schedule's first temperature.
-    """
+class Replica:
+    """One trajectory: its start structure, target temperature (K, or a list of K for a
+    piecewise-linear ramp over the run), seed, and pressure (GPa, npt only)."""
 
     atoms: Atoms
-    temperature: float | Sequence[float]
-    steps: int
-    pressure: float | None = None
-    timestep: float = 0.5  # fs
-    friction: float = 0.01  # 1/fs
+    temperature: float | Sequence[float] = 300.0
     seed: int = 0
-    sample_every: int = 10
-    check_every: int = 1
-    monitors: Sequence[Monitor] = ()
-    barostat_time: float = 200.0  # fs
-    hydrostatic: bool = True
-
-    @property
-    def ramp(self) -> bool:
-        return not isinstance(self.temperature, int | float)
-
-    def start_temperature(self) -> float:
-        return temperature_schedule(self.temperature, self.steps)(0)
+    pressure: float = 0.0
 
 
 def run_md(
-    job: MDJob, calculator: Calculator, progress: Callable[[int], None] | None = None
-) -> MDResult:
-    """Run one job with ``calculator``: NVT, NPT, with or without a temperature ramp."""
-    work = job.atoms.copy()
-    work.calc = calculator
-    start = job.start_temperature()
-    if job.pressure is None:
-        dynamics = langevin_dynamics(work, start, job.timestep, job.friction, job.seed)
-    else:
-        dynamics = npt_dynamics(work, start, job.pressure, job.timestep, job.friction,
-                                job.barostat_time, job.hydrostatic, job.seed)
-    schedule = temperature_schedule(job.temperature, job.steps) if job.ramp else None
-    return run_dynamics(dynamics, job.steps, job.sample_every, job.monitors, job.check_every,
-                        progress, temperature=schedule, keep_info=_charge_and_spin(job.atoms))
-
-
-def run_md_batched(
-    jobs: Sequence[MDJob],
-    predict: Predict,
+    potential: Potential,
+    replicas: Sequence[Replica],
+    steps: int,
+    settings: MDSettings | None = None,
+    trajectory: TrajectoryWriter | None = None,
     progress: Callable[[int], None] | None = None,
-    batch_size: int = 32,
+    keep_frames: bool = False,
 ) -> list[MDResult]:
-    """Run many jobs in lockstep, ``batch_size`` at a time: each MD step of all running jobs
-    is one ``predict`` call (see hifidata.calculators.batching). Results come in job order.
+    """Run all ``replicas`` ``steps`` steps together; one MDResult per replica, in order.
 
-    ``progress(n)`` is called (from one thread at a time) with steps done by any job.
+    Every ``sample_every`` steps each running replica records its potential energy,
+    temperature (and volume) and, when ``trajectory`` is given or ``keep_frames``, its frame.
+    ``progress(n)`` gets the steps advanced since its last call.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        with lock:
-            progress(n)
-
-    def as_task(job: MDJob) -> Callable[[Calculator], MDResult]:
-        return lambda calculator: run_md(job, calculator, report if progress else None)
-
-    results: list[MDResult] = []
-    for first in range(0, len(jobs), batch_size):
-        chunk = jobs[first : first + batch_size]
-        results += run_lockstep(predict, [as_task(job) for job in chunk], name="md")
-    return results
+    if steps < 0:
+        raise ValueError(f"steps must not be negative, got {steps}")
+    if not replicas:
+        raise ValueError("no replicas to run")
+    batch = _Batch(potential, replicas, settings or MDSettings(), steps)
+    return batch.run(steps, trajectory, progress, keep_frames)
 
 
-def md_summary(result: MDResult, timestep: float, n_atoms: int) -> dict:
-    """What a report says about a run: stability, length, speed."""
-    time_ps = result.steps_done * timestep / 1000
-    per_day = 86400 / result.wall_time if result.wall_time else float("nan")
-    return {
-        "stable": result.stable,
-        "stopped": result.stopped,
-        "steps": result.steps_done,
-        "time_ps": time_ps,
-        "wall_time_s": result.wall_time,
-        "ns_per_day": time_ps / 1000 * per_day,
-        "atom_steps_per_s": result.steps_done * n_atoms / result.wall_time
-        if result.wall_time else float("nan"),
-        "mean_temperature_K": float(np.mean(result.temperatures)) if result.temperatures else None,
-    }
+class _Batch:
+    """The stacked state of the replicas still running, and the steps that move it."""
+
+    def __init__(self, potential: Potential, replicas: Sequence[Replica],
+                 settings: MDSettings, steps: int):
+        self.potential, self.settings, self.replicas = potential, settings, list(replicas)
+        device = potential.device
+        _check_replicas(potential, self.replicas, settings)
+        self.schedules = [temperature_schedule(r.temperature, steps) for r in self.replicas]
+        starts = [_start_velocities(r, self.schedules[k](0), settings.fix_com)
+                  for k, r in enumerate(self.replicas)]
+        f64 = dict(dtype=torch.float64, device=device)
+        cat = np.concatenate
+        self.numbers = torch.tensor(cat([r.atoms.numbers for r in self.replicas]),
+                                    dtype=torch.int64, device=device)
+        self.masses = torch.tensor(cat([r.atoms.get_masses() for r in self.replicas]),
+                                   **f64)[:, None]
+        self.positions = torch.tensor(cat([r.atoms.positions for r in self.replicas]), **f64)
+        self.velocities = torch.tensor(cat(starts), **f64)
+        self.cells = torch.tensor(np.stack([r.atoms.cell[:] for r in self.replicas]), **f64)
+        self.pbc = torch.tensor(np.stack([r.atoms.pbc for r in self.replicas]),
+                                dtype=torch.bool, device=device)
+        sizes = [len(r.atoms) for r in self.replicas]
+        self.system = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                              torch.tensor(sizes, device=device))
+        self.index = list(range(len(self.replicas)))  # replica of each running system
+        self.dof = torch.tensor([_degrees_of_freedom(r.atoms, settings) for r in self.replicas],
+                                **f64)
+        self.pressures = torch.tensor([r.pressure * units.GPa for r in self.replicas], **f64)
+        self.volumes0 = torch.linalg.det(self.cells).abs()
+        self.generators = [torch.Generator(device=device).manual_seed(r.seed)
+                           for r in self.replicas]
+        self.bonds = _bonds(self.replicas, settings.bond_factor, device)
+        cutoff = potential.cutoff if potential.cutoff > 0 else 2 * settings.min_distance + 1.0
+        self.neighbors = VerletList(cutoff, settings.skin)
+        self.dt = settings.timestep * units.fs
+        self.stress_needed = settings.ensemble == "npt"
+        self.graph: Graph | None = None
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, steps: int, trajectory: TrajectoryWriter | None,
+            progress: Callable[[int], None] | None, keep_frames: bool) -> list[MDResult]:
+        results = [MDResult() for _ in self.replicas]
+        ramps = any(not isinstance(r.temperature, int | float) for r in self.replicas)
+        start, reported = time.perf_counter(), 0
+        self.evaluate()
+        targets = self.targets(0)
+        for step in range(1, steps + 1):
+            if ramps:
+                targets = self.targets(step)
+            self.advance(targets)
+            for k in self.index:
+                results[k].steps_done = step
+            sample = step % self.settings.sample_every == 0
+            if sample or step % self.settings.check_every == 0:
+                self.stop(self.check(step, targets), results, start)
+                targets = targets[self.keep] if self.keep is not None else targets
+            if sample and self.index:
+                self.sample(step, targets, results, trajectory, keep_frames)
+            if progress is not None and (step % 10 == 0 or step == steps):
+                progress(step - reported)
+                reported = step
+            if not self.index:
+                break
+        elapsed = time.perf_counter() - start
+        for k in self.index:
+            results[k].wall_time = elapsed
+        return results
+
+    def targets(self, step: int) -> torch.Tensor:
+        values = [self.schedules[k](step) for k in self.index]
+        return torch.tensor(values, dtype=torch.float64, device=self.positions.device)
+
+    def advance(self, targets: torch.Tensor) -> None:
+        ensemble, half = self.settings.ensemble, 0.5 * self.dt
+        self.velocities += half * self.forces / self.masses
+        if ensemble == "langevin":
+            self.positions += half * self.velocities
+            self.langevin_kick(targets)
+            self.positions += half * self.velocities
+        else:
+            if ensemble == "npt":
+                self.rescale_cells(targets)
+            self.positions += self.dt * self.velocities
+        self.evaluate()
+        self.velocities += half * self.forces / self.masses
+        if ensemble in ("csvr", "npt"):
+            self.rescale_velocities(targets)
+
+    def evaluate(self) -> None:
+        i, j, shifts, vectors = self.neighbors.edges(self.positions, self.cells, self.pbc,
+                                                     self.system)
+        self.graph = Graph(self.numbers, self.positions, self.cells, self.pbc, self.system,
+                           i, j, shifts, vectors)
+        out = self.potential(self.graph, stress=self.stress_needed)
+        self.energy = out.energy.detach().double()
+        self.forces = out.forces.detach().double()
+        self.stress = None if out.stress is None else out.stress.detach().double()
+
+    # -- thermostats and barostat ----------------------------------------------------------
+    def langevin_kick(self, targets: torch.Tensor) -> None:
+        """The O step: v ← c v + √((1 − c²) kT/m) ξ, c = exp(−γ dt), exact for the friction."""
+        c = math.exp(-self.settings.friction / units.fs * self.dt)
+        kt = (units.kB * targets)[self.system][:, None]
+        noise = self.normals([(int(n), 3) for n in self.sizes()])
+        self.velocities = c * self.velocities + torch.sqrt((1 - c * c) * kt / self.masses) * noise
+        if self.settings.fix_com:
+            self.remove_drift()
+
+    def rescale_velocities(self, targets: torch.Tensor) -> None:
+        """CSVR: draw the kinetic energy of the next step from its exact canonical stochastic
+        dynamics (Bussi et al. 2007, their appendix), then scale every velocity to it."""
+        kinetic = self.kinetic()
+        dof = self.dof.clamp(min=1)
+        target = 0.5 * dof * units.kB * targets
+        c = math.exp(-self.dt / (self.settings.thermostat_time * units.fs))
+        draws = [self.generator_normals(k, max(int(n), 1)) for k, n in enumerate(dof.tolist())]
+        r1 = torch.stack([d[0] for d in draws])
+        rest = torch.stack([(d[1:] ** 2).sum() for d in draws])
+        new = (kinetic + (1 - c) * (target * (rest + r1 * r1) / dof - kinetic)
+               + 2 * r1 * torch.sqrt((kinetic * target / dof * (1 - c) * c).clamp(min=0)))
+        alpha = torch.where(kinetic > 0, torch.sqrt(new.clamp(min=0) / kinetic.clamp(min=1e-300)),
+                            torch.ones_like(kinetic))
+        self.velocities *= alpha[self.system][:, None]
+
+    def rescale_cells(self, targets: torch.Tensor) -> None:
+        """Isotropic stochastic cell rescaling (Bernetti & Bussi 2020, eq. 3 with ε = ln V):
+        dε = −(β/τ_P)(P₀ − P − kT/V) dt + √(2kTβ dt/(V τ_P)) R; positions and cells scale
+        by exp(dε/3), velocities by its inverse. P is the last step's (virial + kinetic)."""
+        volume = torch.linalg.det(self.cells).abs()
+        kt = units.kB * targets
+        pressure = (2 * self.kinetic() / 3 - torch.diagonal(self.stress, dim1=1, dim2=2)
+                    .sum(-1) * volume / 3) / volume
+        beta = self.settings.compressibility / units.GPa
+        tau = self.settings.barostat_time * units.fs
+        noise = torch.stack([self.generator_normals(k, 1)[0] for k in range(len(self.index))])
+        d_eps = (-(beta / tau) * (self.pressures - pressure - kt / volume) * self.dt
+                 + torch.sqrt(2 * kt * beta * self.dt / (volume * tau)) * noise)
+        scale = torch.exp(d_eps / 3)
+        self.positions *= scale[self.system][:, None]
+        self.cells *= scale[:, None, None]
+        self.velocities /= scale[self.system][:, None]
+
+    # -- per-system quantities -------------------------------------------------------------
+    def sizes(self) -> torch.Tensor:
+        return torch.bincount(self.system, minlength=len(self.index))
+
+    def per_system(self, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(self.index), *values.shape[1:], dtype=values.dtype,
+                          device=values.device)
+        return out.index_add(0, self.system, values)
+
+    def kinetic(self) -> torch.Tensor:
+        return 0.5 * self.per_system((self.masses * self.velocities**2).sum(-1))
+
+    def temperatures(self) -> torch.Tensor:
+        return 2 * self.kinetic() / (self.dof.clamp(min=1) * units.kB)
+
+    def remove_drift(self) -> None:
+        momentum = self.per_system(self.masses * self.velocities)
+        mass = self.per_system(self.masses)
+        self.velocities -= (momentum / mass)[self.system]
+
+    def normals(self, shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """Standard normals for every running system from its own generator, stacked."""
+        return torch.cat([
+            torch.randn(shape, generator=self.generators[k], dtype=torch.float64,
+                        device=self.positions.device)
+            for k, shape in enumerate(shapes)
+        ])
+
+    def generator_normals(self, k: int, n: int) -> torch.Tensor:
+        return torch.randn(n, generator=self.generators[k], dtype=torch.float64,
+                           device=self.positions.device)
+
+    # -- monitors --------------------------------------------------------------------------
+    def check(self, step: int, targets: torch.Tensor) -> dict[int, str]:
+        """{running system: why it stops} for every system a monitor stops now."""
+        s = self.settings
+        reasons: dict[int, str] = {}
+        finite = torch.isfinite(self.energy) & torch.isfinite(
+            self.per_system(self.forces.abs().sum(-1)))
+        for b in torch.nonzero(~finite).flatten().tolist():
+            reasons[b] = "non-finite energy or forces"
+        graph = self.graph
+        distances = torch.linalg.norm(graph.vectors, dim=-1)
+        if len(distances):
+            nearest = torch.full((len(self.index),), math.inf, dtype=distances.dtype,
+                                 device=distances.device)
+            nearest = nearest.scatter_reduce(0, self.system[graph.i], distances, "amin")
+            for b in torch.nonzero(nearest < s.min_distance).flatten().tolist():
+                edge = int(torch.argmin(torch.where(self.system[graph.i] == b, distances,
+                                                    math.inf)))
+                a1, a2 = (int(x) - self.first_atom(b) for x in (graph.i[edge], graph.j[edge]))
+                reasons.setdefault(b, f"close contact: atoms {a1} and {a2} at "
+                                      f"{float(distances[edge]):.3f} Å (< {s.min_distance} Å)")
+        self.check_bonds(reasons)
+        temperature = self.temperatures()
+        runaway = (targets > 0) & (temperature > s.runaway_factor * targets)
+        for b in torch.nonzero(runaway).flatten().tolist():
+            reasons.setdefault(b, f"temperature runaway: {float(temperature[b]):.0f} K "
+                                  f"(> {s.runaway_factor:g} × {float(targets[b]):g} K)")
+        if self.settings.ensemble == "npt":
+            ratio = torch.linalg.det(self.cells).abs() / self.volumes0
+            for b in torch.nonzero((ratio > s.volume_factor) | (ratio < 1 / s.volume_factor)
+                                   ).flatten().tolist():
+                reasons.setdefault(b, f"cell volume change: V/V0 = {float(ratio[b]):.2f} "
+                                      f"(outside 1/{s.volume_factor:g} … {s.volume_factor:g})")
+        return {b: f"step {step}: {reason}" for b, reason in reasons.items()}
+
+    def check_bonds(self, reasons: dict[int, str]) -> None:
+        first, second, limits = self.bonds
+        if not len(first):
+            return
+        lengths = torch.linalg.norm(self.positions[second] - self.positions[first], dim=-1)
+        for bond in torch.nonzero(lengths > limits).flatten().tolist():
+            b = int(self.system[first[bond]])
+            a1, a2 = int(first[bond]), int(second[bond])
+            z1, z2 = (Atoms(numbers=[int(self.numbers[a])]).get_chemical_symbols()[0]
+                      for a in (a1, a2))
+            offset = self.first_atom(b)
+            reasons.setdefault(b, f"bond {z1}{a1 - offset}–{z2}{a2 - offset} broke: "
+                                  f"{float(lengths[bond]):.2f} Å (> {float(limits[bond]):.2f} Å)")
+
+    def first_atom(self, b: int) -> int:
+        return int(self.sizes()[:b].sum())
+
+    def stop(self, reasons: dict[int, str], results: list[MDResult], start: float) -> None:
+        """Record why, and take the stopped systems out of the batch."""
+        self.keep = None
+        if not reasons:
+            return
+        elapsed = time.perf_counter() - start
+        for b, reason in reasons.items():
+            results[self.index[b]].stopped = reason
+            results[self.index[b]].wall_time = elapsed
+        keep = torch.ones(len(self.index), dtype=torch.bool, device=self.positions.device)
+        keep[list(reasons)] = False
+        self.drop(keep)
+
+    def drop(self, keep: torch.Tensor) -> None:
+        atoms = keep[self.system]
+        renumber = torch.cumsum(keep, 0) - 1
+        new_atom = torch.cumsum(atoms, 0) - 1
+        for name in ("numbers", "masses", "positions", "velocities", "forces"):
+            setattr(self, name, getattr(self, name)[atoms])
+        self.system = renumber[self.system[atoms]]
+        for name in ("cells", "pbc", "dof", "pressures", "volumes0", "energy"):
+            setattr(self, name, getattr(self, name)[keep])
+        if self.stress is not None:
+            self.stress = self.stress[keep]
+        kept = keep.tolist()
+        self.index = [k for k, ok in zip(self.index, kept, strict=True) if ok]
+        self.generators = [g for g, ok in zip(self.generators, kept, strict=True) if ok]
+        first, second, limits = self.bonds
+        bond_kept = atoms[first] if len(first) else first.bool()
+        self.bonds = (new_atom[first[bond_kept]], new_atom[second[bond_kept]], limits[bond_kept])
+        self.keep = keep
+        if self.index:
+            self.evaluate()  # the graph of the smaller batch, for the next monitors
+
+    # -- output ----------------------------------------------------------------------------
+    def sample(self, step: int, targets: torch.Tensor, results: list[MDResult],
+               trajectory: TrajectoryWriter | None, keep_frames: bool) -> None:
+        energies = self.energy.tolist()
+        temperatures = self.temperatures().tolist()
+        volumes = torch.linalg.det(self.cells).abs().tolist()
+        frames = self.frames(step, energies, temperatures) if (trajectory or keep_frames) else None
+        for b, k in enumerate(self.index):
+            result = results[k]
+            result.frame_steps.append(step)
+            result.energies.append(energies[b])
+            result.temperatures.append(temperatures[b])
+            result.target_temperatures.append(float(targets[b]))
+            if self.replicas[k].atoms.pbc.all():
+                result.volumes.append(volumes[b])
+            if frames is not None:
+                if trajectory is not None:
+                    trajectory.write(k, frames[b])
+                if keep_frames:
+                    result.frames.append(frames[b])
+
+    def frames(self, step: int, energies: list[float], temperatures: list[float]
+               ) -> list[Atoms]:
+        sizes = self.sizes().tolist()
+        positions = np.split(self.positions.cpu().numpy(), np.cumsum(sizes)[:-1])
+        velocities = np.split(self.velocities.cpu().numpy(), np.cumsum(sizes)[:-1])
+        cells = self.cells.cpu().numpy()
+        frames = []
+        for b, k in enumerate(self.index):
+            start = self.replicas[k].atoms
+            frame = Atoms(start.numbers, positions[b], cell=cells[b], pbc=start.pbc,
+                          velocities=velocities[b])
+            if frame.pbc.any():
+                frame.wrap()
+            frame.info.update({k2: start.info[k2] for k2 in ("charge", "spin")
+                               if k2 in start.info})
+            frame.info.update({"step": step, "time_fs": step * self.settings.timestep,
+                               "energy": energies[b], "temperature_K": temperatures[b],
+                               "replica": k, "seed": self.replicas[k].seed})
+            frames.append(frame)
+        return frames
+
+
+def _check_replicas(potential: Potential, replicas: Sequence[Replica],
+                    settings: MDSettings) -> None:
+    for k, replica in enumerate(replicas):
+        atoms = replica.atoms
+        if len(atoms) == 0:
+            raise ValueError(f"replica {k} has no atoms")
+        if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-9:
+            raise ValueError(f"replica {k} is periodic but has no cell")
+        if settings.ensemble == "npt" and not atoms.pbc.all():
+            raise ValueError(f"replica {k} ({atoms.get_chemical_formula()}): NPT needs a "
+                             "periodic structure (pbc on all three axes, with a cell)")
+    potential.check_species({int(z) for r in replicas for z in r.atoms.numbers})
+
+
+def _start_velocities(replica: Replica, temperature: float, fix_com: bool) -> np.ndarray:
+    """Maxwell–Boltzmann velocities (Å/ASE time) from the replica's seed: no drift, and for a
+    molecule no spin, when the centre of mass is fixed; velocities the structure already has
+    are kept."""
+    atoms = replica.atoms
+    if atoms.get_velocities() is not None and np.any(atoms.get_velocities()):
+        return atoms.get_velocities()
+    work = atoms.copy()
+    rng = np.random.default_rng(replica.seed)
+    if fix_com:
+        thermalize(work, temperature, rng)
+    else:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+        MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    return work.get_velocities()
+
+
+def _degrees_of_freedom(atoms: Atoms, settings: MDSettings) -> int:
+    """3N, less 3 with the centre of mass fixed, less 3 more for a molecule whose (zero)
+    angular momentum a deterministic thermostat keeps (Langevin kicks rotate it)."""
+    dof = 3 * len(atoms)
+    if settings.fix_com:
+        dof -= 3
+        if (not atoms.pbc.any() and settings.ensemble in ("nve", "csvr")
+                and len(atoms) > 2):
+            dof -= 3
+    return max(dof, 1)
+
+
+def _bonds(replicas: Sequence[Replica], factor: float, device: torch.device
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Covalent bonds of the molecules (global atom indices) and their break lengths. Solids
+    are left out: atoms change partners there (diffusion, melting) without anything wrong."""
+    first, second, limits, offset = [], [], [], 0
+    for replica in replicas:
+        atoms = replica.atoms
+        if not atoms.pbc.any() and len(atoms) > 1:
+            radii = np.array(natural_cutoffs(atoms))
+            i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
+            pairs = i < j
+            first += (i[pairs] + offset).tolist()
+            second += (j[pairs] + offset).tolist()
+            limits += (factor * (radii[i[pairs]] + radii[j[pairs]])).tolist()
+        offset += len(atoms)
+    return (torch.tensor(first, dtype=torch.int64, device=device),
+            torch.tensor(second, dtype=torch.int64, device=device),
+            torch.tensor(limits, dtype=torch.float64, device=device))
+
+
+def md_rate(steps: int, atoms: int, timestep: float, seconds: float) -> dict[str, float]:
+    """Speed of a run: ns/day of simulated time (per replica) and atom-steps per second."""
+    if seconds <= 0:
+        return {"ns_per_day": math.nan, "atom_steps_per_s": math.nan}
+    return {"ns_per_day": steps * timestep * 1e-6 * 86400 / seconds,
+            "atom_steps_per_s": steps * atoms / seconds}

@@ -8,6 +8,7 @@ finished, computes only what is missing.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase.io import write
 from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -35,6 +35,7 @@ from hifidata.flows.monitor import LabelMonitor, campaign_finished
 from hifidata.flows.progress import reporter
 from hifidata.flows.train import fingerprint, rung_data, train_flow
 from hifidata.sampling import costs
+from hifidata.sampling.ase_md import md_summary
 from hifidata.spec import (
     DYNAMICS,
     STAGES,
@@ -429,6 +430,8 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
 # -- deploy --------------------------------------------------------------------------------
 @flow(name="deploy")
 def deploy_stage(spec: Spec, store: Store) -> None:
+    """Production MD of the first seed with the final model on the batched engine (watched by
+    its monitors), and the model's exported artifact (TorchScript / LAMMPS, model card)."""
     final = store.record("final_model", "campaign")["name"]
     model = store.record("model", final)
     settings = spec.deploy
@@ -436,23 +439,43 @@ def deploy_stage(spec: Spec, store: Store) -> None:
     if (store.record("deploy", "campaign") or {}).get("fingerprint") == print_:
         return
     structure = spec.seed_structures()[0]
+    model_dir = store.resolve(model["path"])
+    folder = spec.campaign_dir / "md"
+    stem = f"{final}-{settings.temperature:g}K"
+    for old in folder.glob(f"{stem}*.extxyz"):  # this stage's own output of an earlier run
+        old.unlink()
     bar = reporter()
-    bar.start("deploy", f"deploy: {settings.temperature:g} K MD with {final}", settings.steps)
+    bar.start("deploy", f"deploy: {settings.replicas} × {settings.temperature:g} K "
+                        f"{settings.ensemble} MD with {final}", settings.steps)
     with _threads(1):
-        result, summary = tasks.run_md(
-            structure, store.resolve(model["path"]), settings.temperature, settings.steps,
-            settings.timestep, settings.friction, settings.sample_every, settings.seed,
-            settings.min_distance, progress=lambda n: bar.advance("deploy", n),
-        )
-    trajectory = spec.campaign_dir / "md" / f"{final}-{settings.temperature:g}K.extxyz"
-    trajectory.parent.mkdir(parents=True, exist_ok=True)
-    write(trajectory, result.frames or [structure], format="extxyz")
+        results = tasks.run_md(structure, model_dir, settings.model_dump(),
+                               folder / f"{stem}.extxyz",
+                               progress=lambda n: bar.advance("deploy", n))
+    summary = md_summary(results[0], settings.timestep, len(structure))
+    stable = [r.stable for r in results]
+    summary.update({
+        "stable": all(stable), "stable_replicas": sum(stable), "replicas": len(results),
+        "stopped": next((r.stopped for r in results if r.stopped), None),
+        "atom_steps_per_s": summary["atom_steps_per_s"] * len(results),
+        "ensemble": settings.ensemble,
+    })
+    trajectories = sorted(folder.glob(f"{stem}*.extxyz"))
+    artifact = None
+    if settings.export:
+        bar.note(f"deploy: exporting {final} (TorchScript where possible, model card)")
+        artifact = spec.campaign_dir / "deploy" / final
+        if artifact.exists():
+            shutil.rmtree(artifact)
+        tasks.export_model(model_dir, artifact)
     store.put_record("deploy", "campaign", {
         "fingerprint": print_, "model": final, "temperature_K": settings.temperature,
-        "trajectory": store.relative(trajectory), "min_distance_A": settings.min_distance,
-        **summary,
+        "trajectory": store.relative(trajectories[0]) if trajectories else None,
+        "trajectories": [store.relative(t) for t in trajectories],
+        "artifact": store.relative(artifact) if artifact else None,
+        "min_distance_A": settings.min_distance, **summary,
     })
-    bar.done("deploy", "stable" if result.stable else f"unstable: {result.stopped}")
+    bar.done("deploy", "stable" if summary["stable"]
+             else f"{summary['stable_replicas']}/{len(results)} stable: {summary['stopped']}")
 
 
 # -- release -------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ class Reporter:
 
     def advance(self, key: str, amount: int = 1) -> None: ...
 
+    def describe(self, key: str, description: str) -> None:
+        """Replace the bar's description (a rate that changes as the work goes)."""
+
     def done(self, key: str, summary: str = "") -> None: ...
 
     def note(self, text: str) -> None: ...

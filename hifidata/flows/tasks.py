@@ -17,9 +17,8 @@ from prefect.cache_policies import NO_CACHE
 
 from hifidata.calculators import base
 from hifidata.calculators.mlip import PRETRAINED, pretrained_chgnet
-from hifidata.deploy import md
 from hifidata.errors import ModelError
-from hifidata.sampling import costs, dynamics, explore, features, uncertainty
+from hifidata.sampling import ase_md, costs, dynamics, explore, features, uncertainty
 from hifidata.sampling.direct import DirectSampler, coverage_score
 from hifidata.training import delta, metrology, recipes, stability
 from hifidata.training.finetune import LabeledSet
@@ -173,17 +172,30 @@ def parity_plot(parities: Sequence[metrology.Parity], path: Path) -> Path:
 
 
 @task(**quiet)
-def run_md(structure: Atoms, model_dir: Path, temperature: float, steps: int, timestep: float,
-           friction: float, sample_every: int, seed: int, min_distance: float,
-           progress: Progress = None) -> tuple[md.MDResult, dict]:
-    """The trajectory and its report (stability, length, speed)."""
-    calculator = load_model(model_dir).calculator()
-    result = md.langevin(
-        structure, calculator, temperature, steps, timestep=timestep, friction=friction,
-        sample_every=sample_every, seed=seed,
-        monitors=md.default_monitors(structure, temperature, min_distance), progress=progress,
-    )
-    return result, md.md_summary(result, timestep, len(structure))
+def run_md(structure: Atoms, model_dir: Path, settings: dict[str, Any], trajectory: Path,
+           progress: Progress = None) -> list[ase_md.MDResult]:
+    """Production MD of ``structure`` with the model on the batched engine: ``settings`` are
+    the spec's deploy fields; one result per replica, frames written to ``trajectory``."""
+    from hifidata.deploy.md import MDSettings, Replica, run_md
+    from hifidata.deploy.potentials import load_potential
+    from hifidata.deploy.trajectory import open_trajectory
+
+    s = settings
+    potential = load_potential(model_dir, device=s["device"])
+    options = MDSettings(ensemble=s["ensemble"], timestep=s["timestep"], friction=s["friction"],
+                         sample_every=s["sample_every"], check_every=min(10, s["sample_every"]),
+                         min_distance=s["min_distance"])
+    replicas = [Replica(structure, s["temperature"], seed=s["seed"] + r, pressure=s["pressure"])
+                for r in range(s["replicas"])]
+    with open_trajectory(trajectory, len(replicas)) as writer:
+        return run_md(potential, replicas, s["steps"], options, writer, progress)
+
+
+@task(**quiet)
+def export_model(model_dir: Path, out: Path) -> Path:
+    from hifidata.deploy.export import export_model
+
+    return export_model(model_dir, out)
 
 
 @task(**quiet)

@@ -18,7 +18,7 @@ import torch
 from ase import Atoms
 
 from hifidata.calculators.mlip import batch_predictor, default_device
-from hifidata.deploy.md import (
+from hifidata.sampling.ase_md import (
     VOLUME_CHANGE_FACTOR,
     MDJob,
     MDResult,

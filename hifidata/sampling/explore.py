@@ -15,7 +15,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from hifidata.deploy.md import default_monitors, langevin
+from hifidata.sampling.ase_md import default_monitors, langevin
 from hifidata.structures import (
     MIN_DISTANCE,
     StructureError,

@@ -25,7 +25,7 @@ from hifidata import plots
 from hifidata.training.models import Model
 
 #: Two atoms are covalently bonded within this multiple of the sum of covalent radii (as in
-#: deploy.md.bonds_kept): an O–H bond of water is 0.96 Å against 0.97 Å for the bare sum, so
+#: sampling.ase_md.bonds_kept): an O–H bond of water is 0.96 Å against 0.97 Å for the bare sum, so
 #: without a margin a slightly stretched bond would split its molecule into two fragments.
 BOND_FACTOR = 1.2
 

@@ -3,7 +3,8 @@
 A model that fits forces well can still drive MD into unphysical places (atoms fused, a bond
 torn, a runaway temperature). ``md_stability`` runs ``replicas`` seeded NVT runs per start
 structure and temperature in lockstep (one model call per step for all of them) and records
-each run's time to failure; ``stability_plot`` draws them. Times ps, temperatures K.
+each run's time to failure on the batched MD engine (hifidata.deploy.md); ``stability_plot``
+draws them. Times ps, temperatures K.
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ import numpy as np
 from ase import Atoms
 
 from hifidata import plots
-from hifidata.deploy.md import (
-    MDJob,
-    close_contact,
-    default_monitors,
-    run_md_batched,
-    temperature_runaway,
-)
+from hifidata.deploy.md import MDSettings, Replica, run_md
+from hifidata.deploy.potentials import potential_for
 from hifidata.training.models import Model
 
 
@@ -86,8 +82,8 @@ def md_stability(
     progress: Callable[[int], None] | None = None,
 ) -> StabilityResult:
     """Langevin NVT runs with ``model`` from every structure at every temperature (K),
-    ``replicas`` seeds each (``seed``, ``seed`` + 1, ...), all in lockstep with one batched
-    ``model.predict`` per step (``batch_size`` runs at a time). Timestep in fs, friction in 1/fs.
+    ``replicas`` seeds each (``seed``, ``seed`` + 1, ...), all in one batch with one model call
+    per step (``batch_size`` runs at a time). Timestep in fs, friction in 1/fs.
 
     A run fails when a monitor stops it: two atoms closer than ``min_distance`` Å, a covalent
     bond of a molecule broken, or the temperature past 5 × the target. A model that is stable
@@ -100,17 +96,15 @@ def md_stability(
                          f"{len(temperatures)} temperatures")
     plan = [(s, float(t), seed + r) for s in range(len(structures)) for t in temperatures
             for r in range(replicas)]
-    jobs = [
-        MDJob(structures[s], t, steps, timestep=timestep, friction=friction, seed=run_seed,
-              sample_every=max(1, steps // 50), monitors=_monitors(structures[s], t, min_distance))
-        for s, t, run_seed in plan
-    ]
-
-    def predict(batch: Sequence[Atoms]) -> dict[str, list]:
-        out = model.predict(list(batch), batch_size=max(1, len(batch)))
-        return {"energy": list(np.asarray(out["energy"], dtype=float)), "forces": out["forces"]}
-
-    results = run_md_batched(jobs, predict, progress, batch_size)
+    settings = MDSettings(ensemble="langevin", timestep=timestep, friction=friction,
+                          min_distance=min_distance, sample_every=max(1, steps // 50),
+                          check_every=min(10, max(1, steps // 50)))
+    potential = potential_for(model)
+    results = []
+    for first in range(0, len(plan), batch_size):
+        chunk = [Replica(structures[s], t, seed=run_seed)
+                 for s, t, run_seed in plan[first : first + batch_size]]
+        results += run_md(potential, chunk, steps, settings, progress=_per_run(progress, chunk))
     runs = []
     for (s, t, run_seed), result in zip(plan, results, strict=True):
         simulated = result.steps_done * timestep / 1000
@@ -124,11 +118,12 @@ def md_stability(
     return StabilityResult(runs, steps, timestep)
 
 
-def _monitors(atoms: Atoms, temperature: float, min_distance: float) -> list:
-    # bonds may change partners in a periodic solid (diffusion, melting): not a failure there
-    if atoms.pbc.any():
-        return [close_contact(min_distance), temperature_runaway(temperature)]
-    return default_monitors(atoms, temperature, min_distance)
+def _per_run(progress: Callable[[int], None] | None, chunk: list
+             ) -> Callable[[int], None] | None:
+    """Progress in run-steps: as many per MD step as runs in the batch."""
+    if progress is None:
+        return None
+    return lambda n: progress(n * len(chunk))
 
 
 def stability_plot(result: StabilityResult, path: str | Path) -> Path:

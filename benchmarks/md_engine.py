@@ -1,0 +1,139 @@
+"""P5: the batched MD engine against the same model through its ASE calculator and ASE's
+integrator, and the engine's cost per step against the number of atoms.
+
+P5 table: Langevin NVT (300 K, 0.5 fs) of diamond Si, 1, 8 and 64 replicas of the 8-atom
+cubic cell and one 1000-atom cell (5×5×5 cubic cells), side by side in one run:
+
+- ASE: the model's own ASE calculator (sevenn's ``SevenNetCalculator`` for SevenNet,
+  chgnet's ``CHGNetCalculator`` for CHGNet) with ``ase.md.langevin.Langevin``, one replica
+  after another (that is how an ASE user runs 64 replicas; the rate does not depend on the
+  count, so at most ``--ase-replicas`` of them are timed);
+- engine: hifidata.deploy.md.run_md, all replicas in one batch, one model call per step.
+
+Rates are atom·steps per second over ``--steps`` steps after a warm-up of 3 steps.
+
+Scaling table: one replica of n×n×n cubic Si cells (8n³ atoms), engine time per step and the
+time of one neighbor-list build, up to ``--max-atoms``.
+
+    .venv/bin/python benchmarks/md_engine.py [--model 7net-0] [--steps 20] [--device cpu]
+                                             [--threads N] [--max-atoms 4096]
+
+Measured numbers: docs/md.md and the closing note of the MD-engine issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from ase import units
+from ase.build import bulk
+from ase.md.langevin import Langevin
+
+from hifidata.deploy.md import MDSettings, Replica, run_md
+from hifidata.deploy.neighbors import neighbor_pairs
+from hifidata.deploy.potentials import load_potential
+from hifidata.sampling.ase_md import thermalize
+
+WARMUP = 3
+
+
+def silicon(repeat: int, seed: int = 0):
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat(repeat)
+    atoms.rattle(0.02, seed=seed)
+    return atoms
+
+
+def ase_calculator(model: str, device: str):
+    if model.startswith("7net"):
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(model, device=device)
+    from chgnet.model import CHGNetCalculator
+
+    return CHGNetCalculator(use_device=device)
+
+
+def ase_rate(model: str, device: str, structure, replicas: int, steps: int) -> float:
+    """atom·steps/s of ASE Langevin + the model's ASE calculator, replicas one at a time."""
+    calculator = ase_calculator(model, device)
+    elapsed = 0.0
+    for seed in range(replicas):
+        atoms = structure.copy()
+        atoms.calc = calculator
+        rng = np.random.default_rng(seed)
+        thermalize(atoms, 300.0, rng)
+        dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300.0,
+                            friction=0.01 / units.fs, rng=rng)
+        dynamics.run(WARMUP)
+        start = time.perf_counter()
+        dynamics.run(steps)
+        elapsed += time.perf_counter() - start
+    return steps * len(structure) * replicas / elapsed
+
+
+def engine_rate(potential, structure, replicas: int, steps: int) -> float:
+    settings = MDSettings(ensemble="langevin", timestep=0.5, sample_every=10**9,
+                          check_every=10)
+    batch = [Replica(structure, 300.0, seed=s) for s in range(replicas)]
+    run_md(potential, batch, WARMUP, settings)
+    start = time.perf_counter()
+    run_md(potential, batch, steps, settings)
+    return steps * len(structure) * replicas / (time.perf_counter() - start)
+
+
+def neighbor_time(structure, cutoff: float, device: str) -> float:
+    tensors = dict(dtype=torch.float64, device=device)
+    args = (torch.tensor(structure.positions, **tensors),
+            torch.tensor(structure.cell[:], **tensors)[None],
+            torch.tensor(structure.pbc, device=device)[None],
+            torch.zeros(len(structure), dtype=torch.int64, device=device), cutoff + 1.0)
+    neighbor_pairs(*args)
+    start = time.perf_counter()
+    neighbor_pairs(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="7net-0")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ase-replicas", type=int, default=4)
+    parser.add_argument("--max-atoms", type=int, default=4096)
+    parser.add_argument("--skip-p5", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    potential = load_potential(args.model, device=args.device)
+    print(f"model {args.model}, device {args.device}, torch threads {torch.get_num_threads()}"
+          f", {args.steps} steps (+{WARMUP} warm-up)")
+    if not args.skip_p5:
+        print("\ncase               replicas  atoms/replica  ASE atom·steps/s  "
+              "engine atom·steps/s  ratio")
+        cases = [("Si 8-atom cell", silicon(1), r) for r in (1, 8, 64)]
+        cases.append(("Si 1000-atom cell", silicon(5), 1))
+        for name, structure, replicas in cases:
+            steps = args.steps if len(structure) < 1000 else max(3, args.steps // 4)
+            ase = ase_rate(args.model, args.device, structure,
+                           min(replicas, args.ase_replicas), steps)
+            engine = engine_rate(potential, structure, replicas, steps)
+            print(f"{name:18s} {replicas:8d} {len(structure):14d} {ase:17.0f} "
+                  f"{engine:20.0f} {engine / ase:6.2f}×", flush=True)
+    print("\natoms  engine ms/step  µs/atom/step  neighbor build ms")
+    n = 1
+    while 8 * n**3 <= args.max_atoms:
+        structure = silicon(n)
+        steps = max(2, min(args.steps, 20000 // len(structure)))
+        rate = engine_rate(potential, structure, 1, steps)
+        build = neighbor_time(structure, potential.cutoff, args.device)
+        print(f"{len(structure):5d} {1000 * len(structure) / rate:15.1f} "
+              f"{1e6 / rate:13.1f} {1000 * build:18.1f}", flush=True)
+        n += 1
+
+
+if __name__ == "__main__":
+    main()
