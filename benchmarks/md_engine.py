@@ -13,10 +13,10 @@ cubic cell and one 1000-atom cell (5×5×5 cubic cells), side by side in one run
 Rates are atom·steps per second over ``--steps`` steps after a warm-up of 3 steps.
 
 Scaling table: one replica of n×n×n cubic Si cells (8n³ atoms), engine time per step and the
-time of one neighbor-list build, up to ``--max-atoms``.
+time of one neighbor-list build, up to ``--max-atoms`` (0: no scaling table).
 
-    .venv/bin/python benchmarks/md_engine.py [--model 7net-0] [--steps 20] [--device cpu]
-                                             [--threads N] [--max-atoms 4096]
+    .venv/bin/python benchmarks/md_engine.py [--models 7net-0 chgnet-0.3.0] [--steps 20]
+                                             [--device cpu] [--threads N] [--max-atoms 4096]
 
 Measured numbers: docs/md.md and the closing note of the MD-engine issue.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def ase_rate(model: str, device: str, structure, replicas: int, steps: int) -> f
         rng = np.random.default_rng(seed)
         thermalize(atoms, 300.0, rng)
         dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300.0,
-                            friction=0.01 / units.fs, rng=rng)
+                            friction=0.01 / units.fs, fixcm=False, rng=rng)
         dynamics.run(WARMUP)
         start = time.perf_counter()
         dynamics.run(steps)
@@ -74,11 +75,12 @@ def ase_rate(model: str, device: str, structure, replicas: int, steps: int) -> f
     return steps * len(structure) * replicas / elapsed
 
 
-def engine_rate(potential, structure, replicas: int, steps: int) -> float:
+def engine_rate(potential, structure, replicas: int, steps: int, warmup: int = WARMUP
+                ) -> float:
     settings = MDSettings(ensemble="langevin", timestep=0.5, sample_every=10**9,
                           check_every=10)
     batch = [Replica(structure, 300.0, seed=s) for s in range(replicas)]
-    run_md(potential, batch, WARMUP, settings)
+    run_md(potential, batch, warmup, settings)
     start = time.perf_counter()
     run_md(potential, batch, steps, settings)
     return steps * len(structure) * replicas / (time.perf_counter() - start)
@@ -96,9 +98,22 @@ def neighbor_time(structure, cutoff: float, device: str) -> float:
     return time.perf_counter() - start
 
 
+def p5(model: str, args) -> None:
+    potential = load_potential(model, device=args.device)
+    cases = [("Si 8-atom cell", silicon(1), r) for r in (1, 8, 64)]
+    cases.append(("Si 1000-atom cell", silicon(5), 1))
+    for name, structure, replicas in cases:
+        steps = args.steps if len(structure) < 1000 else max(3, args.steps // 4)
+        ase = ase_rate(model, args.device, structure, min(replicas, args.ase_replicas), steps)
+        engine = engine_rate(potential, structure, replicas, steps)
+        print(f"{model:14s} {name:18s} {replicas:8d} {len(structure):14d} {ase:17.0f} "
+              f"{engine:20.0f} {engine / ase:6.2f}×", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="7net-0")
+    parser.add_argument("--models", nargs="+", default=["7net-0", "chgnet-0.3.0"],
+                        help="P5 for each; the scaling table for the first")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -106,29 +121,27 @@ def main() -> None:
     parser.add_argument("--max-atoms", type=int, default=4096)
     parser.add_argument("--skip-p5", action="store_true")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # sevenn: "no tensor product accelerator" per calculator
     if args.threads:
         torch.set_num_threads(args.threads)
-    potential = load_potential(args.model, device=args.device)
-    print(f"model {args.model}, device {args.device}, torch threads {torch.get_num_threads()}"
-          f", {args.steps} steps (+{WARMUP} warm-up)")
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {args.steps} steps "
+          f"(+{WARMUP} warm-up)")
     if not args.skip_p5:
-        print("\ncase               replicas  atoms/replica  ASE atom·steps/s  "
+        print("\nmodel          case               replicas  atoms/replica  ASE atom·steps/s  "
               "engine atom·steps/s  ratio")
-        cases = [("Si 8-atom cell", silicon(1), r) for r in (1, 8, 64)]
-        cases.append(("Si 1000-atom cell", silicon(5), 1))
-        for name, structure, replicas in cases:
-            steps = args.steps if len(structure) < 1000 else max(3, args.steps // 4)
-            ase = ase_rate(args.model, args.device, structure,
-                           min(replicas, args.ase_replicas), steps)
-            engine = engine_rate(potential, structure, replicas, steps)
-            print(f"{name:18s} {replicas:8d} {len(structure):14d} {ase:17.0f} "
-                  f"{engine:20.0f} {engine / ase:6.2f}×", flush=True)
-    print("\natoms  engine ms/step  µs/atom/step  neighbor build ms")
+        for model in args.models:
+            p5(model, args)
+    if args.max_atoms < 8:
+        return
+    model = args.models[0]
+    potential = load_potential(model, device=args.device)
+    print(f"\nscaling, {model}: one replica")
+    print("atoms  engine ms/step  µs/atom/step  neighbor build ms")
     n = 1
     while 8 * n**3 <= args.max_atoms:
         structure = silicon(n)
-        steps = max(2, min(args.steps, 20000 // len(structure)))
-        rate = engine_rate(potential, structure, 1, steps)
+        steps = max(2, min(args.steps, 4000 // len(structure)))
+        rate = engine_rate(potential, structure, 1, steps, warmup=1)
         build = neighbor_time(structure, potential.cutoff, args.device)
         print(f"{len(structure):5d} {1000 * len(structure) / rate:15.1f} "
               f"{1e6 / rate:13.1f} {1000 * build:18.1f}", flush=True)

@@ -49,7 +49,7 @@ def tiny_spec(**overrides) -> dict:
     spec["train"]["finetune"] = {"rung": "dft", "epochs": 3, "batch_size": 4}
     spec["train"]["delta"] = {"low": "dft", "high": "ccsdt", "epochs": 3, "batch_size": 2}
     spec["evaluate"] = {"stability": {"temperatures": [300], "replicas": 2, "steps": 40}}
-    spec["deploy"] = {"steps": 40, "sample_every": 10}
+    spec["deploy"] = {"steps": 40, "sample_every": 10, "replicas": 2}
     for key, value in overrides.items():
         spec[key] = value
     return spec

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -83,7 +84,15 @@ def test_every_stage_delivers(finished):
 
     deploy = stages["deploy"]
     assert deploy["steps"] == 40 and deploy["stable"] is True
-    assert read(Path(status["store"]).parent / deploy["trajectory"], index=":")
+    assert deploy["replicas"] == deploy["stable_replicas"] == 2
+    campaign_dir = Path(status["store"]).parent
+    assert len(deploy["trajectories"]) == 2
+    for trajectory in deploy["trajectories"]:  # the batched engine's frames, one file each
+        frames = read(campaign_dir / trajectory, index=":")
+        assert [f.info["step"] for f in frames] == [10, 20, 30, 40]
+    card = json.loads((campaign_dir / deploy["artifact"] / "model_card.json").read_text())
+    assert card["torchscript"] is None  # the final model here is a CHGNet composite
+    assert card["verification"]["passed"] is True
 
 
 def test_the_release_matches_the_store(finished):
@@ -138,6 +147,28 @@ def test_status_and_predict_from_the_command_line(finished, tmp_path):
     offset = [p.get_potential_energy() - r.info["REF_energy"]
               for p, r in zip(predicted, reference, strict=True)]
     assert abs(np.mean(offset)) < 1.0
+
+
+def test_md_and_export_of_the_final_model_from_the_command_line(finished, tmp_path):
+    """`hifidata md` runs the campaign's final model (a Δ composite) on the batched engine,
+    from the model folder and from its exported artifact, with the same numbers."""
+    _, status = finished
+    runner = CliRunner()
+    seeds = Path(status["store"]).parent / "water-dimer.xyz"
+    energies = {}
+    artifact = tmp_path / "artifact"
+    result = runner.invoke(app, ["export-model", status["final_model"], "--out", str(artifact)])
+    assert result.exit_code == 0, result.output
+    for name, model in (("model", status["final_model"]), ("artifact", str(artifact))):
+        out = tmp_path / f"{name}.h5"
+        result = runner.invoke(app, ["md", model, str(seeds), "-T", "300", "--steps", "20",
+                                     "--replicas", "2", "--every", "10", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "ns/day" in result.output and "stable" in result.output
+        with h5py.File(out) as file:
+            assert sorted(file) == ["replica_000", "replica_001"]
+            energies[name] = file["replica_001/energy"][:]
+    np.testing.assert_allclose(energies["artifact"], energies["model"], atol=1e-6)
 
 
 def test_a_killed_campaign_resumes_without_repeating_a_label(tmp_path, engine_calls):

@@ -2,7 +2,7 @@
 pair_e3gnn builds, against the model it came from; the model card; the CHGNet fallback.
 
 Real pretrained checkpoints from the installed wheels (7net-0, 7net-mf-0, CHGNet 0.3.0). The
-Graphs are built with ASE's neighbour list (export.atoms_graph), not the engine's own.
+Graphs are built with ASE's neighbour list (potentials.atoms_graph), not the engine's own.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from hifidata.deploy.export import (
-    TorchScriptPotential,
-    atoms_graph,
-    export_model,
-    load_artifact,
-)
+from hifidata.deploy.export import TorchScriptPotential, export_model, load_artifact
+from hifidata.deploy.potentials import atoms_graph
 from hifidata.errors import ModelError
 from hifidata.training.finetune import LabeledSet
 from hifidata.training.models import CompositeModel, Model, load_model

@@ -1,6 +1,7 @@
 """The batched MD engine (hifidata.deploy.md): conservation, canonical sampling, batching,
 periodic wrapping, NPT, monitors and trajectories. Analytic potentials are checked against
-ASE's own calculators; the trained-model potentials against the models' own predict."""
+ASE's own calculators; the trained-model potentials against the models' own predict, on
+graphs from ASE's neighbor list (potentials.atoms_graph), not the engine's own."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from ase import Atoms, units
 from ase.build import bulk, molecule
 from ase.calculators.lj import LennardJones as AseLennardJones
 from ase.io import read
-from ase.neighborlist import neighbor_list
 
 from hifidata.deploy.md import MDSettings, Replica, run_md
 from hifidata.deploy.potentials import (
     ChgnetPotential,
-    Graph,
     HarmonicRepulsion,
     LennardJones,
+    atoms_graph,
     potential_for,
 )
 from hifidata.deploy.trajectory import open_trajectory
@@ -36,26 +36,9 @@ def argon(repeat: int = 2, rattle: float = 0.05, seed: int = 0) -> Atoms:
     return atoms
 
 
-def ase_graph(structures: list[Atoms], cutoff: float) -> Graph:
-    """A Graph built with ASE's neighbor list: independent of the engine's own."""
-    offsets = np.cumsum([0] + [len(a) for a in structures])
-    i, j, shifts, system = [], [], [], []
-    for b, atoms in enumerate(structures):
-        ii, jj, ss = neighbor_list("ijS", atoms, cutoff)
-        i.append(ii + offsets[b])
-        j.append(jj + offsets[b])
-        shifts.append(ss)
-        system += [b] * len(atoms)
-    positions = torch.tensor(np.concatenate([a.positions for a in structures]))
-    cells = torch.tensor(np.stack([a.cell[:] for a in structures]))
-    system_t = torch.tensor(system)
-    i_t, j_t = torch.tensor(np.concatenate(i)), torch.tensor(np.concatenate(j))
-    shifts_t = torch.tensor(np.concatenate(shifts), dtype=torch.float64)
-    vectors = positions[j_t] - positions[i_t] + torch.einsum("ek,ekl->el", shifts_t,
-                                                             cells[system_t[i_t]])
-    return Graph(torch.tensor(np.concatenate([a.numbers for a in structures])), positions,
-                 cells, torch.tensor(np.stack([a.pbc for a in structures])), system_t,
-                 i_t, j_t, shifts_t, vectors)
+def ase_argon() -> AseLennardJones:
+    """ASE's own Lennard-Jones calculator with the same argon parameters: the reference."""
+    return AseLennardJones(epsilon=ARGON["epsilon"], sigma=ARGON["sigma"], rc=ARGON["cutoff"])
 
 
 def total_energies(result) -> np.ndarray:
@@ -68,9 +51,9 @@ def total_energies(result) -> np.ndarray:
 def test_lennard_jones_matches_ase_energy_forces_and_stress():
     atoms = argon(rattle=0.2)
     reference = atoms.copy()
-    reference.calc = AseLennardJones(**{"epsilon": ARGON["epsilon"], "sigma": ARGON["sigma"],
-                                        "rc": ARGON["cutoff"]})
-    out = LennardJones(**ARGON)(ase_graph([atoms], ARGON["cutoff"]), stress=True)
+    reference.calc = ase_argon()
+    graph = atoms_graph([atoms], ARGON["cutoff"], dtype=torch.float64)
+    out = LennardJones(**ARGON)(graph, stress=True)
     assert float(out.energy[0]) == pytest.approx(reference.get_potential_energy(), abs=1e-10)
     np.testing.assert_allclose(out.forces.numpy(), reference.get_forces(), atol=1e-10)
     np.testing.assert_allclose(out.stress[0].numpy(), reference.get_stress(voigt=False),
@@ -83,7 +66,7 @@ def test_sevennet_potential_matches_the_model_predict():
     si.rattle(0.05, seed=1)
     water = molecule("H2O")
     expected = model.predict([si, water])
-    out = potential_for(model)(ase_graph([si, water], model.cutoff), stress=True)
+    out = potential_for(model)(atoms_graph([si, water], model.cutoff), stress=True)
     np.testing.assert_allclose(out.energy.numpy(), expected["energy"], rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(out.forces.numpy(), np.concatenate(expected["forces"]),
                                atol=1e-4)
@@ -97,7 +80,7 @@ def test_multifidelity_potential_predicts_the_chosen_rung():
     energies = {}
     for modal in ("PBE", "R2SCAN"):
         model = load_model("7net-mf-0", device="cpu").with_modal(modal)
-        out = potential_for(model)(ase_graph([si], model.cutoff))
+        out = potential_for(model)(atoms_graph([si], model.cutoff))
         assert float(out.energy[0]) == pytest.approx(model.predict([si])["energy"][0], abs=1e-4)
         energies[modal] = float(out.energy[0])
     assert abs(energies["PBE"] - energies["R2SCAN"]) > 0.1  # two different surfaces
@@ -109,7 +92,7 @@ def test_chgnet_potential_matches_its_ase_calculator():
     network = pretrained_chgnet()
     si = bulk("Si", "diamond", 5.43, cubic=True)
     si.rattle(0.05, seed=3)
-    out = ChgnetPotential(network)(ase_graph([si], 2.0), stress=True)
+    out = ChgnetPotential(network)(atoms_graph([si], 2.0), stress=True)
     reference = si.copy()
     reference.calc = MLIPCalculator(network)
     assert float(out.energy[0]) == pytest.approx(reference.get_potential_energy(), abs=1e-5)
@@ -128,8 +111,7 @@ def test_nve_conserves_energy_and_wrapping_and_rebuilds_keep_the_forces_right():
     replica = Replica(argon(rattle=0.0), temperature=300.0, seed=4)
     (result,) = run_md(potential, [replica], 600, settings, keep_frames=True)
     assert result.stable and len(result.frames) == 60
-    calculator = AseLennardJones(epsilon=ARGON["epsilon"], sigma=ARGON["sigma"],
-                                 rc=ARGON["cutoff"])
+    calculator = ase_argon()
     for frame in result.frames:
         assert frame.info["energy"] == pytest.approx(calculator.get_potential_energy(frame),
                                                      abs=1e-9)
@@ -191,19 +173,19 @@ def test_npt_reaches_the_target_pressure():
     replicas = [Replica(argon(seed=s), 60.0, seed=s, pressure=p)
                 for p in (0.2, 1.0) for s in range(2)]
     results = run_md(LennardJones(**ARGON), replicas, 3000, settings, keep_frames=True)
-    calculator = AseLennardJones(epsilon=ARGON["epsilon"], sigma=ARGON["sigma"],
-                                 rc=ARGON["cutoff"])
-    volumes = {}
+    calculator = ase_argon()
+    volumes, pressures = {}, {}
     for replica, result in zip(replicas, results, strict=True):
         assert result.stable, result.stopped
-        frames = result.frames[len(result.frames) // 3:]
-        pressures = []
-        for frame in frames:
+        for frame in result.frames[len(result.frames) // 3:]:
             frame.calc = calculator
             stress = frame.get_stress(include_ideal_gas=True)
-            pressures.append(-stress[:3].mean() / units.GPa)
-        assert np.mean(pressures) == pytest.approx(replica.pressure, abs=0.08)
+            pressures.setdefault(replica.pressure, []).append(-stress[:3].mean() / units.GPa)
         volumes.setdefault(replica.pressure, []).append(np.mean(result.volumes[10:]))
+    # one replica's mean scatters by ±0.05 GPa over this run (4 replicas × 6000 steps gave
+    # 0.206 ± 0.016 and 1.010 ± 0.016 GPa), so the pair's mean is within 0.1 GPa
+    for target, values in pressures.items():
+        assert np.mean(values) == pytest.approx(target, abs=0.1)
     assert max(volumes[1.0]) < min(volumes[0.2])
 
 
@@ -299,3 +281,50 @@ def test_bad_inputs_are_one_line_errors():
     with pytest.raises(ValueError, match="knows no"):
         run_md(potential_for(load_model("7net-mf-0", device="cpu")),
                [Replica(Atoms("Og2", positions=[[0, 0, 0], [2, 0, 0]]), 300.0)], 1)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_md_command_runs_a_multifidelity_model_at_a_chosen_rung(tmp_path):
+    from typer.testing import CliRunner
+
+    from hifidata.cli import app
+
+    structure = tmp_path / "si.extxyz"
+    bulk("Si", "diamond", 5.43, cubic=True).write(structure)
+    out = tmp_path / "run.extxyz"
+    result = CliRunner().invoke(app, [
+        "md", "7net-mf-0", str(structure), "-T", "300", "-T", "600", "--steps", "20",
+        "--every", "10", "--ensemble", "csvr", "--rung", "R2SCAN", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ns/day" in result.output and "atom·steps/s" in result.output
+    frames = read(tmp_path / "run-r001.extxyz", index=":")
+    assert [f.info["step"] for f in frames] == [10, 20]
+    # the R2SCAN modality, not PBE: the written energy is the R2SCAN surface's
+    model = load_model("7net-mf-0", rung="R2SCAN")
+    assert frames[-1].get_potential_energy() == pytest.approx(
+        model.predict([frames[-1]])["energy"][0], abs=1e-4)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "cuda"], "no CUDA device"),
+    (["--ensemble", "npt"], "NPT needs a periodic structure"),
+    (["--ensemble", "nvt"], "unknown ensemble"),
+    (["--rung", "CCSDT"], "no rung 'CCSDT'"),
+])
+def test_md_command_bad_inputs_are_one_line_errors(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    if "cuda" in args and torch.cuda.is_available():
+        args = ["--device", "cuda:99"]  # still not there
+    structure = tmp_path / "water.xyz"
+    molecule("H2O").write(structure)
+    out = tmp_path / "t.h5"
+    result = subprocess.run(
+        [sys.executable, "-m", "hifidata.cli", "md", "7net-mf-0", str(structure), "-T", "300",
+         "--steps", "5", "--out", str(out), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert not out.exists()

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-from ase.neighborlist import neighbor_list
 
 from hifidata.calculators.mlip import PRETRAINED, SEVENNET_PRETRAINED, default_device, quiet
-from hifidata.deploy.potentials import Graph, Output, Potential
+from hifidata.deploy.potentials import Graph, Output, Potential, atoms_graph
 from hifidata.errors import ModelError
 from hifidata.training.models import (
     ChgnetModel,
@@ -279,44 +278,6 @@ def _potential_predict(potential: Potential, structures: Sequence[Atoms]) -> dic
              for atoms, s in zip(structures, stress, strict=True)]
     return {"energy": output.energy.detach().cpu().double().numpy(), "forces": forces,
             "stress": voigt}
-
-
-def atoms_graph(structures: Sequence[Atoms], cutoff: float, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32) -> Graph:
-    """The Graph of ``structures`` with every pair closer than ``cutoff`` (Å), built on the host
-    with ASE's neighbour list: the reference the engine's device-side builder is checked by."""
-    numbers, positions, cells, pbcs, system = [], [], [], [], []
-    edges_i, edges_j, shifts, vectors = [], [], [], []
-    offset = 0
-    for index, atoms in enumerate(structures):
-        i, j, shift = neighbor_list("ijS", atoms, cutoff)
-        cell = np.asarray(atoms.cell) if atoms.pbc.any() else np.zeros((3, 3))
-        pos = atoms.get_positions()
-        vectors.append(pos[j] - pos[i] + shift @ np.asarray(atoms.cell))  # float64, then cast
-        edges_i.append(i + offset)
-        edges_j.append(j + offset)
-        shifts.append(shift)
-        numbers.append(atoms.numbers)
-        positions.append(pos)
-        cells.append(cell)
-        pbcs.append(atoms.pbc)
-        system.append(np.full(len(atoms), index))
-        offset += len(atoms)
-
-    def tensor(parts, kind):
-        return torch.as_tensor(np.concatenate(parts), dtype=kind, device=device)
-
-    return Graph(
-        numbers=tensor(numbers, torch.int64),
-        positions=tensor(positions, dtype),
-        cells=torch.as_tensor(np.array(cells), dtype=dtype, device=device),
-        pbc=torch.as_tensor(np.array(pbcs), dtype=torch.bool, device=device),
-        system=tensor(system, torch.int64),
-        i=tensor(edges_i, torch.int64),
-        j=tensor(edges_j, torch.int64),
-        shifts=tensor(shifts, dtype),
-        vectors=tensor(vectors, dtype),
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class _Batch:
                  settings: MDSettings, steps: int):
         self.potential, self.settings, self.replicas = potential, settings, list(replicas)
         device = potential.device
-        _check_replicas(potential, self.replicas, settings)
+        check_replicas(potential, self.replicas, settings)
         self.schedules = [temperature_schedule(r.temperature, steps) for r in self.replicas]
         starts = [_start_velocities(r, self.schedules[k](0), settings.fix_com)
                   for k, r in enumerate(self.replicas)]
@@ -151,6 +151,7 @@ class _Batch:
         self.dt = settings.timestep * units.fs
         self.stress_needed = settings.ensemble == "npt"
         self.graph: Graph | None = None
+        self.keep: torch.Tensor | None = None  # systems kept by the last stop(), None: all
 
     # -- the run ---------------------------------------------------------------------------
     def run(self, steps: int, trajectory: TrajectoryWriter | None,
@@ -417,8 +418,9 @@ class _Batch:
         return frames
 
 
-def _check_replicas(potential: Potential, replicas: Sequence[Replica],
-                    settings: MDSettings) -> None:
+def check_replicas(potential: Potential, replicas: Sequence[Replica],
+                   settings: MDSettings) -> None:
+    """ValueError naming the first replica the engine cannot run (run_md checks this too)."""
     for k, replica in enumerate(replicas):
         atoms = replica.atoms
         if len(atoms) == 0:

@@ -10,7 +10,9 @@ negative under compression), as a 3×3 per system.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
 from ase.stress import voigt_6_to_full_3x3_stress
 
 
@@ -294,6 +297,44 @@ def within(graph: Graph, cutoff: float) -> Graph:
                    vectors=graph.vectors[keep])
 
 
+def atoms_graph(structures: Sequence[Atoms], cutoff: float, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> Graph:
+    """The Graph of ``structures`` with every pair closer than ``cutoff`` (Å), built on the host
+    with ASE's neighbour list: the reference the engine's device-side builder is checked by."""
+    numbers, positions, cells, pbcs, system = [], [], [], [], []
+    edges_i, edges_j, shifts, vectors = [], [], [], []
+    offset = 0
+    for index, atoms in enumerate(structures):
+        i, j, shift = neighbor_list("ijS", atoms, cutoff)
+        cell = np.asarray(atoms.cell) if atoms.pbc.any() else np.zeros((3, 3))
+        pos = atoms.get_positions()
+        vectors.append(pos[j] - pos[i] + shift @ np.asarray(atoms.cell))  # float64, then cast
+        edges_i.append(i + offset)
+        edges_j.append(j + offset)
+        shifts.append(shift)
+        numbers.append(atoms.numbers)
+        positions.append(pos)
+        cells.append(cell)
+        pbcs.append(atoms.pbc)
+        system.append(np.full(len(atoms), index))
+        offset += len(atoms)
+
+    def tensor(parts, kind):
+        return torch.as_tensor(np.concatenate(parts), dtype=kind, device=device)
+
+    return Graph(
+        numbers=tensor(numbers, torch.int64),
+        positions=tensor(positions, dtype),
+        cells=torch.as_tensor(np.array(cells), dtype=dtype, device=device),
+        pbc=torch.as_tensor(np.array(pbcs), dtype=torch.bool, device=device),
+        system=tensor(system, torch.int64),
+        i=tensor(edges_i, torch.int64),
+        j=tensor(edges_j, torch.int64),
+        shifts=tensor(shifts, dtype),
+        vectors=tensor(vectors, dtype),
+    )
+
+
 def graph_structures(graph: Graph) -> list[Atoms]:
     """The systems of ``graph`` as ase.Atoms on the host (positions wrapped into periodic
     cells), for potentials that build their own graphs."""
@@ -329,9 +370,14 @@ def load_potential(model: str | Path, device: str | None = None, rung: str | Non
 
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA device is available here (use cpu)")
-    if Path(model).is_dir() and (Path(model) / "model_card.json").is_file():
+    card = Path(model) / "model_card.json"
+    if Path(model).is_dir() and card.is_file():
         from hifidata.deploy.export import load_artifact
 
+        exported = json.loads(card.read_text(encoding="utf-8")).get("rung")
+        if rung is not None and rung != exported:
+            raise ValueError(f"the artifact {model} was exported for rung {exported!r}, not "
+                             f"{rung!r} (export the model again with --rung {rung})")
         loaded = load_artifact(model, device=device)
         return loaded if isinstance(loaded, Potential) else potential_for(loaded)
     return potential_for(load_model(model, device=device, rung=rung))

@@ -48,7 +48,7 @@ def run_md_file(run: MDRun) -> dict:
     "atom_steps_per_s", "device", "trajectory"}.
     """
     from hifidata.calculators.mlip import default_device
-    from hifidata.deploy.md import MDSettings, Replica, md_rate, run_md
+    from hifidata.deploy.md import MDSettings, Replica, check_replicas, md_rate, run_md
     from hifidata.deploy.potentials import load_potential
     from hifidata.deploy.trajectory import open_trajectory
 
@@ -68,6 +68,7 @@ def run_md_file(run: MDRun) -> dict:
         plan = [(s, t, run.seed + r) for s in range(len(structures)) for t in run.temperatures
                 for r in range(run.replicas)]
         replicas = [Replica(structures[s], t, seed, run.pressure) for s, t, seed in plan]
+        check_replicas(potential, replicas, settings)
         writer = open_trajectory(run.out, len(replicas)) if run.out else None
     except ValueError as error:
         raise HifidataError(str(error)) from None
