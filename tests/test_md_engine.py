@@ -219,7 +219,8 @@ def test_nve_drift_with_sevennet_is_small():
     totals = total_energies(result)
     times_ps = np.array(result.frame_steps) * 0.5e-3
     drift = np.polyfit(times_ps, totals, 1)[0] / len(si)
-    assert abs(drift) < 2e-3  # eV/atom/ps
+    # measured: 7e-10 eV/atom/ps, the total spread 6 µeV/atom over the 0.2 ps
+    assert abs(drift) < 5e-5  # eV/atom/ps
     kinetic = [f.get_kinetic_energy() for f in result.frames]
     assert np.ptp(kinetic) > 20 * np.ptp(totals)  # energy moves between kinds, not away
 
