@@ -320,6 +320,7 @@ def test_md_command_bad_inputs_are_one_line_errors(tmp_path, args, message):
 
     if "cuda" in args and torch.cuda.is_available():
         args = ["--device", "cuda:99"]  # still not there
+        message = "no CUDA device is available with that index"
     structure = tmp_path / "water.xyz"
     molecule("H2O").write(structure)
     out = tmp_path / "t.h5"

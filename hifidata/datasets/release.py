@@ -89,7 +89,7 @@ def export_release(
 def write_manifest(folder: Path) -> Path:
     """``sha256sum -c SHA256SUMS`` verifies every other file of the release."""
     lines = [
-        f"{_sha256(path)}  {path.name}"
+        f"{sha256_file(path)}  {path.name}"
         for path in sorted(folder.iterdir()) if path.is_file() and path.name != MANIFEST
     ]
     manifest = folder / MANIFEST
@@ -164,7 +164,8 @@ def _code_versions() -> dict[str, str]:
     return versions
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read a MiB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

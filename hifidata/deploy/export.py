@@ -19,7 +19,6 @@ so the numbers hifidata checks are the numbers LAMMPS gets. docs/export.md has t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -37,12 +36,14 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
 from hifidata.calculators.mlip import PRETRAINED, SEVENNET_PRETRAINED, default_device, quiet
+from hifidata.datasets.release import sha256_file
 from hifidata.deploy.potentials import Graph, Output, Potential, atoms_graph
 from hifidata.errors import ModelError
 from hifidata.training.models import (
     ChgnetModel,
     CompositeModel,
     Model,
+    json_default,
     load_model,
     read_model_json,
     select_rung,
@@ -422,17 +423,9 @@ def file_entries(artifact: Path) -> list[dict[str, Any]]:
         relative = file.relative_to(artifact).as_posix()
         if relative in (CARD_FILE, README_FILE):
             continue
-        entries.append({"path": relative, "sha256": sha256(file), "bytes": file.stat().st_size,
+        entries.append({"path": relative, "sha256": sha256_file(file), "bytes": file.stat().st_size,
                         "format": _file_format(file)})
     return entries
-
-
-def sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _file_format(file: Path) -> str:
@@ -470,17 +463,9 @@ def _usage(card: dict[str, Any], artifact: str) -> dict[str, Any]:
 
 
 def _write_card(card: dict[str, Any], artifact: Path) -> None:
-    text = json.dumps(card, indent=2, ensure_ascii=False, default=_json_default)
+    text = json.dumps(card, indent=2, ensure_ascii=False, default=json_default)
     (artifact / CARD_FILE).write_text(text + "\n", encoding="utf-8")
     (artifact / README_FILE).write_text(render_readme(card), encoding="utf-8")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} into {CARD_FILE}")
 
 
 def render_readme(card: dict[str, Any]) -> str:

@@ -360,6 +360,23 @@ def _check_known(numbers: set[int], known: set[int], what: str) -> None:
         raise ValueError(f"{what} knows no {names}")
 
 
+def check_device(device: str | None) -> None:
+    """ValueError for a device name torch cannot use here (cpu, cuda, cuda:N)."""
+    if device is None or device == "cpu":
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type != "cuda":
+        raise ValueError(f"device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available here (use cpu)")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: no CUDA device is available with that index "
+                         f"(this machine has {torch.cuda.device_count()})")
+
+
 def load_potential(model: str | Path, device: str | None = None, rung: str | None = None
                    ) -> Potential:
     """The Potential of a hifidata model directory, a pretrained MLIP by name (``7net-0``,
@@ -368,8 +385,7 @@ def load_potential(model: str | Path, device: str | None = None, rung: str | Non
     ValueError for a device that is not there."""
     from hifidata.training.models import load_model
 
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA device is available here (use cpu)")
+    check_device(device)
     card = Path(model) / "model_card.json"
     if Path(model).is_dir() and card.is_file():
         from hifidata.deploy.export import load_artifact

@@ -111,7 +111,7 @@ class Model(ABC):
             **self._kind_fields(),
             "metadata": self.metadata,
         }
-        text = json.dumps(document, indent=2, ensure_ascii=False, default=_json_default)
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=json_default)
         (path / MODEL_FILE).write_text(text, encoding="utf-8")
         return path
 
@@ -327,10 +327,10 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _json_default(value: Any) -> Any:
-    """numpy scalars and arrays, and paths, in metadata become plain JSON."""
+def json_default(value: Any) -> Any:
+    """numpy scalars and arrays, and paths, become plain JSON (``json.dumps(default=...)``)."""
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} into model.json metadata")
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
