@@ -501,9 +501,15 @@ def print_summary(status: dict) -> None:
         out.print(metrics)
     deploy = stages["deploy"]
     if deploy:
-        verdict = "stayed physical" if deploy["stable"] else f"UNSTABLE ({deploy['stopped']})"
+        replicas = deploy.get("replicas", 1)
+        verdict = (f"{deploy.get('stable_replicas', int(deploy['stable']))}/{replicas} "
+                   f"replicas stayed physical" if deploy["stable"]
+                   else f"UNSTABLE ({deploy['stopped']})")
         out.print(f"MD: {deploy['model']}, {deploy['time_ps']:.2f} ps at "
-                  f"{deploy['temperature_K']:g} K: {verdict}; {deploy['ns_per_day']:.2f} ns/day")
+                  f"{deploy['temperature_K']:g} K: {verdict}; {deploy['ns_per_day']:.2f} ns/day "
+                  f"per replica")
+        if deploy.get("artifact"):
+            out.print(f"exported model: {Path(status['store']).parent / deploy['artifact']}")
     for name, report in status.get("reports", {}).items():
         for temperature, row in (report["stability"] or {}).items():
             out.print(f"MD stability of {name} at {temperature} K: {row['stable']}/{row['runs']} "
