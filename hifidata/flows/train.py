@@ -20,7 +20,7 @@ import numpy as np
 from prefect import flow
 from pydantic import ValidationError
 
-from hifidata.datasets.splits import assign_splits, ids_in
+from hifidata.datasets.splits import assign_splits, ids_in, recorded_split
 from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError
 from hifidata.flows import tasks
@@ -108,11 +108,17 @@ def train_flow(store: Store, settings: Train, rungs: list[str], models_dir: Path
 def campaign_split(store: Store, rungs: list[str], test_fraction: float = 0.2,
                    validation_fraction: float = 0.15, seed: int = 0) -> dict[str, str]:
     """structure id → train/validation/test over every rung's selection (recorded); the
-    defaults are the spec's."""
+    defaults are the spec's. A structure keeps the split it was given before unless the split
+    settings changed."""
+    settings = {"test_fraction": test_fraction, "validation_fraction": validation_fraction,
+                "seed": seed}
     picks = {rung: store.selection(rung).selected_ids for rung in rungs}
-    split = assign_splits(picks, test_fraction, validation_fraction, seed)
+    previous = recorded_split(store, settings)
+    split = assign_splits(picks, test_fraction, validation_fraction, seed, previous)
     if store.record("split", "campaign") != split:
         store.put_record("split", "campaign", split)
+    if store.record("split", "settings") != settings:  # after the split: a kill between
+        store.put_record("split", "settings", settings)  # the two leaves no stale pair
     return split
 
 
