@@ -329,18 +329,145 @@ def evaluate(
 @app.command()
 def export(
     store: Path = typer.Argument(..., help="The campaign store (.h5)."),
-    format: str = typer.Option("extxyz", help="Release format (extxyz)."),
-    output: Path = typer.Option(..., "--out", help="Folder for the release (replaced whole)."),
-    license: str = typer.Option("CC-BY-4.0", help="License written into the dataset card."),
+    formats: list[str] = typer.Option(["extxyz"], "--format", help="extxyz, hdf5 or asedb; "
+                                      "repeat for several (docs/release-format.md)."),
+    output: Path = typer.Option(..., "--out", help="Folder for the release (must be new or "
+                                "empty, unless --force)."),
+    rungs: list[str] = typer.Option(None, "--rungs", help="Rungs to release, repeated "
+                                    "(default: every rung, cheapest first)."),
+    only_ok: bool = typer.Option(False, "--only-ok", help="Leave failed labels out."),
+    version: str = typer.Option(None, help="Release version, MAJOR.MINOR.PATCH (default "
+                                "1.0.0, or the next minor version of --extends)."),
+    extends: Path = typer.Option(None, help="The earlier release this one grows: verified, "
+                                 "its version and the changes recorded; no structure may "
+                                 "change split."),
+    license: str = typer.Option("CC-BY-4.0", help="SPDX license identifier."),
+    name: str = typer.Option(None, help="Dataset name (default: the campaign's)."),
+    description: str = typer.Option("", help="Description (default: the campaign's)."),
+    authors: list[str] = typer.Option([], "--author", help="An author's name, repeated."),
+    citation: str = typer.Option(None, help="How to cite the dataset."),
+    doi: str = typer.Option(None, help="The dataset's DOI (10.xxxx/...)."),
+    force: bool = typer.Option(False, help="Replace an existing release folder."),
 ) -> None:
-    """Export a dataset release: a file per rung, a dataset card and a SHA-256 manifest."""
+    """Export a dataset release: data files, a dataset card (JSON + README.md) and a SHA-256
+    manifest (docs/release.md)."""
     from hifidata.datasets.release import export_release
     from hifidata.datasets.store import Store
+    from hifidata.flows.progress import counted_progress, reporting
 
-    if format != "extxyz":
-        raise HifidataError(f"--format: {format!r} is not supported yet (supported: extxyz)")
-    info = export_release(Store(store), output, license=license)
-    out.print(f"wrote {output}: {', '.join(info['files'])}")
+    with RichReporter(console) as bars, reporting(bars):
+        info = export_release(
+            Store(store), output, formats=formats, rungs=rungs, only_ok=only_ok,
+            version=version, extends=extends, license=license, description=description,
+            authors=[{"name": a} for a in authors], citation=citation, doi=doi, name=name,
+            replace=force, progress=counted_progress("release"))
+        bars.done("release")
+    labels = ", ".join(f"{rung} {n}" for rung, n in info["labels"].items())
+    out.print(f"wrote {output} (version {info['version']}): {info['structures']} structures; "
+              f"ok labels {labels}; files {', '.join(info['files'])}",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def verify(release: Path = typer.Argument(..., help="A release folder.")) -> None:
+    """Check a release: SHA-256 manifest, dataset card schema, every data file's layout;
+    exits 2 with the first problem found."""
+    from hifidata.datasets.verify import verify_release
+
+    result = verify_release(release)
+    card = result["card"]
+    counts = ", ".join(f"{fmt} {n}" for fmt, n in result["entries"].items())
+    out.print(f"{release}: {card['name']} {card['version']} is intact ({len(card['files'])} "
+              f"data files; labels per format: {counts})", markup=False, highlight=False)
+
+
+@app.command()
+def diff(
+    release_a: Path = typer.Argument(..., help="The earlier release."),
+    release_b: Path = typer.Argument(..., help="The later release."),
+    as_json: bool = typer.Option(False, "--json", help="Every change as JSON."),
+) -> None:
+    """List labels added, removed and relabeled from RELEASE_A to RELEASE_B, and structures
+    whose split changed."""
+    import json
+
+    from hifidata.datasets.verify import diff_releases, verify_release
+
+    for release in (release_a, release_b):
+        verify_release(release)
+    changes = diff_releases(release_a, release_b)
+    if as_json:
+        out.print_json(json.dumps(changes))
+        return
+    counts = changes["counts"]
+    out.print(f"{counts['added']} added, {counts['removed']} removed, {counts['relabeled']} "
+              f"relabeled, {counts['moved']} changed split")
+    for kind in ("added", "removed", "relabeled"):
+        for row in changes[kind][:20]:
+            extra = (f" ΔE {row['energy_change']:+.6f} eV" if kind == "relabeled"
+                     and row["status"] == "ok" else "")
+            out.print(f"  {kind:9s} {row['rung']:10s} {row['structure_id'][:16]} "
+                      f"{row['formula']}{extra}", markup=False, highlight=False)
+        if len(changes[kind]) > 20:
+            out.print(f"  … {len(changes[kind]) - 20} more {kind} (--json lists all)")
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="Labeled structures: extxyz, or any file ase.io.read "
+                                "reads (eV, Å, eV/Å, eV/Å³)."),
+    store: Path = typer.Option(..., "--store", help="The store (.h5); made when absent."),
+    method: str = typer.Option(None, help="The rung the labels belong to (required for "
+                               "labels): registered in the store, or declared by --spec or "
+                               "--define."),
+    mode: str = typer.Option("labels", "--as", help="labels (structures and their numbers) or "
+                             "seeds (structures only, as campaign seeds)."),
+    spec: Path = typer.Option(None, help="A campaign spec whose ladder has the rung --method."),
+    define: list[str] = typer.Option([], help="KEY=VALUE of an external method, repeated: "
+                                     "software=VASP --define xc=PBE --define encut=520."),
+    energy_key: str = typer.Option(None, help="Energy key (default: REF_energy_<method>, "
+                                   "REF_energy, the file's energy=)."),
+    forces_key: str = typer.Option(None, help="Per-atom forces key (default: as the energy)."),
+    stress_key: str = typer.Option(None, help="Stress key, 6 Voigt or 3×3 (periodic frames; "
+                                   "default: as the energy)."),
+) -> None:
+    """Import existing labeled data into a store, as labels of a declared method or as seeds."""
+    from hifidata.datasets.importer import Keys, import_file
+    from hifidata.datasets.store import Store
+
+    if not file.is_file():  # before the store is made
+        raise HifidataError(f"{file}: no such file")
+    made = not store.exists()
+    progress = Progress(TextColumn("{task.description}"), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)  # a log gets no bar lines
+    reading: list[int] = []  # the bar's task, once frames are being read
+
+    def advance(n: int) -> None:
+        if not reading:
+            progress.start()
+            reading.append(progress.add_task(f"reading {file.name}", total=None))
+        progress.advance(reading[0], n)
+
+    try:
+        with Store(store, "a") as writable:
+            summary = import_file(writable, file, method=method, mode=mode, spec=spec,
+                                  define=define, keys=Keys(energy_key, forces_key, stress_key),
+                                  progress=advance)
+    except HifidataError:
+        if made:  # a failed import leaves no empty store behind
+            for path in (store, store.with_name(store.name + ".lock")):
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        if reading:
+            progress.stop()
+    what = (f"{summary['labels_added']} labels of {summary['method']}" if mode == "labels"
+            else f"{summary['structures_added']} seeds")
+    out.print(f"imported {what} from {summary['frames']} frames into {store} "
+              f"({summary['structures_added']} new structures, {summary['skipped_existing']} "
+              f"already in the store, {summary['duplicates']} duplicates in the file)",
+              markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

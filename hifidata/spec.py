@@ -369,10 +369,25 @@ class Deploy(_Strict):
     export: bool = True  # also write the final model's artifact (TorchScript, model card)
 
 
+class Author(_Strict):
+    name: str
+    affiliation: str | None = None
+    orcid: str | None = None
+
+
 class Release(_Strict):
-    license: str = "CC-BY-4.0"
-    formats: list[Literal["extxyz"]] = ["extxyz"]
+    """The dataset release the campaign writes to ``release/`` (docs/release.md)."""
+
+    license: str = "CC-BY-4.0"  # an SPDX identifier
+    formats: list[Literal["extxyz", "hdf5", "asedb"]] = ["extxyz", "hdf5"]
     description: str = ""
+    version: str = "1.0.0"
+    extends: str | None = None  # an earlier release folder, relative to the spec
+    only_ok: bool = False  # leave failed labels out
+    authors: list[Author] = []
+    citation: str | None = None
+    doi: str | None = None
+    links: list[str] = []
 
 
 class Job(_Strict):

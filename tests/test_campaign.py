@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 import signal
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 from hifidata.calculators import pyscf as pyscf_engine
 from hifidata.cli import app
 from hifidata.datasets.store import Store
+from hifidata.datasets.verify import verify_release
 from hifidata.errors import HifidataError
 from hifidata.flows.campaign import run_campaign
 
@@ -101,20 +103,37 @@ def test_the_release_matches_the_store(finished):
     for line in (release / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
         assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
+    assert verify_release(release)["entries"] == {"extxyz": 15, "hdf5": 15, "asedb": 15}
     card = json.loads((release / "dataset-card.json").read_text())
     assert card["units"]["forces"] == "eV/Å"
-    assert {r["name"]: r["labels_ok"] for r in card["rungs"]} == {"dft": 10, "ccsdt": 5}
+    assert {r["name"]: r["nconfigurations"] for r in card["rungs"]} == {"dft": 10, "ccsdt": 5}
     ccsdt = next(r for r in card["rungs"] if r["name"] == "ccsdt")
-    assert ccsdt["method"]["basis"] == "6-31g" and ccsdt["method"]["frozen_core"] is True
+    assert ccsdt["method"]["basis_set"] == "6-31g" and ccsdt["method"]["frozen_core"] is True
+    assert card["sampler"]["explore"]["model"] == "chgnet-0.3.0"
+    assert card["chemical_formulas"][0]["chemical_formula_reduced"] == "H2O"
 
     store = Store(status["store"])
     labels = store.labels(store.method_id("ccsdt"))
+    split = store.record("split", "campaign")
     frames = read(release / "ccsdt.extxyz", index=":")
     assert [f.info["structure_id"] for f in frames] == labels.structure_ids
     for frame, energy, forces in zip(frames, labels.energy, labels.forces, strict=True):
-        assert frame.info["REF_energy"] == pytest.approx(energy, abs=1e-8)
+        assert frame.info["REF_energy"] == energy  # written in full precision
         np.testing.assert_allclose(frame.arrays["REF_forces"], forces, atol=1e-8)
-        assert frame.info["split"] in ("train", "validation", "test")
+        # the split the models trained with is the release's
+        assert frame.info["split"] == split[frame.info["structure_id"]]
+        assert "REF_energy_dft" in frame.info  # every ccsdt structure has a dft label
+
+
+def test_the_documented_snippets_load_the_release(finished, monkeypatch):
+    """Every python block of docs/release-format.md runs as is in the campaign folder."""
+    _, status = finished
+    monkeypatch.chdir(Path(status["release"]).parent)
+    text = (Path(__file__).resolve().parents[1] / "docs/release-format.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, "docs/release-format.md", "exec"), {})
 
 
 def test_a_finished_campaign_computes_nothing_again(finished, engine_calls):

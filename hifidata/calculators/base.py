@@ -128,6 +128,7 @@ ENGINES = {
     "pyscf": "hifidata.calculators.pyscf",
     "cp2k": "hifidata.calculators.cp2k",
     "espresso": "hifidata.calculators.espresso",
+    "external": "hifidata.calculators.external",
 }
 #: Run settings every engine takes; base resolves them, engines read them from ``params``.
 COMMON_RUN_SETTINGS = ("time_limit",)

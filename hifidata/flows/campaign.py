@@ -26,13 +26,13 @@ from hifidata.datasets.maps import store_maps
 from hifidata.datasets.release import export_release
 from hifidata.datasets.status import campaign_status
 from hifidata.datasets.store import Selection, Store
-from hifidata.errors import HifidataError
+from hifidata.errors import HifidataError, SpecError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
 from hifidata.flows.evaluate import evaluate_flow
 from hifidata.flows.execution import check_server, label_executor
 from hifidata.flows.monitor import LabelMonitor, campaign_finished
-from hifidata.flows.progress import reporter
+from hifidata.flows.progress import counted_progress, reporter
 from hifidata.flows.train import fingerprint, rung_data, train_flow
 from hifidata.sampling import costs
 from hifidata.sampling.ase_md import md_summary
@@ -481,10 +481,20 @@ def deploy_stage(spec: Spec, store: Store) -> None:
 # -- release -------------------------------------------------------------------------------
 @flow(name="release")
 def release_stage(spec: Spec, store: Store) -> None:
-    out = spec.campaign_dir / "release"
-    info = export_release(store, out, license=spec.release.license,
-                          description=spec.release.description or spec.description)
-    store.put_record("release", "campaign", {"path": store.relative(out), **info})
+    out, release = spec.campaign_dir / "release", spec.release
+    extends = spec.campaign_dir / release.extends if release.extends else None
+    if extends is not None and extends.resolve() == out.resolve():
+        raise SpecError("release.extends: the earlier release must live outside release/, "
+                        "which this run replaces (copy it to e.g. releases/<version>)")
+    info = export_release(
+        store, out, formats=release.formats, only_ok=release.only_ok, version=release.version,
+        extends=extends, license=release.license,
+        description=release.description or spec.description,
+        authors=[a.model_dump(exclude_none=True) for a in release.authors],
+        citation=release.citation, doi=release.doi, links=release.links, replace=True,
+        progress=counted_progress("release"))
+    reporter().done("release")
+    store.put_record("release", "campaign", {**info, "path": store.relative(out)})
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ silent default. Flows call ``reporter().start/advance/done``; nothing here draws
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -32,6 +32,23 @@ _current: ContextVar[Reporter | None] = ContextVar("hifidata_reporter", default=
 
 def reporter() -> Reporter:
     return _current.get() or _SILENT
+
+
+def counted_progress(key: str) -> Callable[[str, int, int], None]:
+    """A ``progress(description, done, total)`` callback (library functions that count their
+    work, e.g. a release export) drawn as the reporter's bar ``key``."""
+    state = {"done": 0, "started": False}
+
+    def progress(description: str, done: int, total: int) -> None:
+        bar = reporter()
+        if not state["started"]:
+            bar.start(key, description, total)
+            state["started"] = True
+        bar.describe(key, description)
+        bar.advance(key, done - state["done"])
+        state["done"] = done
+
+    return progress
 
 
 @contextmanager
