@@ -17,12 +17,13 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
+from ase.stress import voigt_6_to_full_3x3_stress
 from conftest import tiny_spec, write_spec
 from typer.testing import CliRunner
 
 from hifidata.calculators.base import Method, label
 from hifidata.cli import app
-from hifidata.datasets.importer import Keys, import_file
+from hifidata.datasets.importer import Keys, import_file, parse_defines
 from hifidata.datasets.release_data import collect
 from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError
@@ -277,3 +278,59 @@ def test_cli_exit_code_is_two_with_one_line(copper, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("hifidata: error: method vasp is not in")
+
+
+def test_ref_keys_with_a_3x3_stress_and_define_values(copper, tmp_path):
+    frames = []
+    for atoms in read(copper, index=":"):
+        results = atoms.calc.results
+        frame = atoms.copy()  # no calculator: the numbers only under REF_ keys
+        frame.info.update(REF_energy=results["energy"],
+                          REF_stress=voigt_6_to_full_3x3_stress(results["stress"]))
+        frame.arrays["REF_forces"] = results["forces"]
+        frames.append(frame)
+    path = tmp_path / "ref.extxyz"
+    write(path, frames, format="extxyz")
+    assert read(path).info["REF_stress"].shape == (3, 3)
+    defines = ["software=VASP", "version=6.40", "xc=PBE", "encut=520", "kpoints=[4, 4, 4]",
+               "gga_compat=false"]
+    assert parse_defines(defines) == {"software": "VASP", "version": "6.40", "xc": "PBE",
+                                      "encut": 520, "kpoints": [4, 4, 4], "gga_compat": False}
+    with Store(tmp_path / "s.h5", "a") as store:
+        summary = import_file(store, path, method="vasp", define=defines)
+        assert_same(store, summary["method_id"], file_numbers(copper))  # Voigt again
+        provenance = json.loads(store.labels(summary["method_id"]).provenance[0])
+        assert provenance["engine_version"] == "6.40"
+        assert provenance["keys"] == {"energy": "REF_energy", "forces": "REF_forces",
+                                      "stress": "REF_stress"}
+
+
+def test_a_multi_rung_release_imports_back_rung_by_rung(copper, water, tmp_path):
+    """emt.extxyz holds EMT's labels as REF_ and, on the waters, HF's as REF_*_hf: importing
+    it as hf takes the suffixed keys and never EMT's numbers under hf's name."""
+    spec = tiny_spec()
+    spec["ladder"] = [{**spec["ladder"][0], "name": "hf", "method": HF}]
+    spec.pop("train")
+    spec_path = write_spec(tmp_path / "campaign", spec)
+    with Store(tmp_path / "s.h5", "a") as store:
+        import_file(store, copper, method="emt", define=EMT_DEFINE)
+        import_file(store, water, method="emt", define=EMT_DEFINE)
+        import_file(store, water, method="hf", spec=spec_path)
+    release = tmp_path / "release"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "s.h5"), "--out", str(release)])
+    assert result.exit_code == 0, result.output
+    emt_file, hf_file = release / "emt.extxyz", release / "hf.extxyz"
+
+    with Store(tmp_path / "again.h5", "a") as store:
+        summary = import_file(store, emt_file, method="emt", define=EMT_DEFINE)
+        assert summary["labels_added"] == 6
+        assert_same(store, summary["method_id"], {
+            **file_numbers(copper),
+            **file_numbers(water, "REF_energy_emt", "REF_forces_emt", "-"),
+        })
+        with pytest.raises(HifidataError, match=r"frame \d: no energy of hf: its REF_energy "
+                                                r"is method_id [0-9a-f]{12}, not hf's"):
+            import_file(store, emt_file, method="hf", spec=spec_path)  # the copper frames
+        hf = import_file(store, hf_file, method="hf", spec=spec_path)
+        assert hf["labels_added"] == 3 and hf["structures_added"] == 0
+        assert_same(store, hf["method_id"], file_numbers(water, "REF_energy", "REF_forces", "-"))

@@ -117,12 +117,12 @@ def test_verify_passes_and_finds_a_flipped_byte_a_missing_file_and_a_schema_viol
     data = bytearray((flipped / "waters.h5").read_bytes())
     data[len(data) // 2] ^= 0x01
     (flipped / "waters.h5").write_bytes(bytes(data))
-    with pytest.raises(ReleaseError, match="waters.h5 does not match its SHA-256"):
+    with pytest.raises(ReleaseError, match=r"waters.h5 does not match its SHA-256"):
         verify_release(flipped)
 
     missing = copy("missing")
     (missing / "mp2.extxyz").unlink()
-    with pytest.raises(ReleaseError, match="mp2.extxyz is listed in SHA256SUMS but missing"):
+    with pytest.raises(ReleaseError, match=r"mp2.extxyz is listed in SHA256SUMS but missing"):
         verify_release(missing)
 
     schema = copy("schema")
@@ -135,7 +135,7 @@ def test_verify_passes_and_finds_a_flipped_byte_a_missing_file_and_a_schema_viol
 
     extra = copy("extra")
     (extra / "notes.txt").write_text("unlisted")
-    with pytest.raises(ReleaseError, match="notes.txt is not in SHA256SUMS"):
+    with pytest.raises(ReleaseError, match=r"notes.txt is not in SHA256SUMS"):
         verify_release(extra)
 
     cli = hifidata("verify", flipped)

@@ -7,9 +7,10 @@ eV/Å³, ASE's stress sign); nothing is converted. docs/import.md is the user's 
 
 Where a frame's numbers come from, per quantity: the key given on the command line; else the
 first *tier* that holds an energy, forces and stress taken from that same tier so a label never
-mixes two methods: ``REF_energy_<method>`` (one rung of a multi-rung release),
-``REF_energy`` (hifidata's release files, MACE's convention), the calculator's results
-(``energy=``/``forces``/``stress`` keys, which ASE loads into a SinglePointCalculator).
+mixes two methods: ``REF_energy_<method>`` (another rung's label in a hifidata release file),
+``REF_energy`` (hifidata's release files, MACE's convention; skipped when the frame's
+``method_id`` names another method), the calculator's results (``energy=``/``forces``/``stress``
+keys, which ASE loads into a SinglePointCalculator).
 """
 
 from __future__ import annotations
@@ -100,8 +101,7 @@ def import_file(
     if mode == "labels" and not method:
         raise HifidataError("--method NAME is required to import labels (or use --as seeds)")
     declared = declare_method(store, method, spec, define) if mode == "labels" else None
-    frames = read_frames(path, declared.name if declared else None, keys, mode == "labels",
-                         progress)
+    frames = read_frames(path, declared, keys, progress)
 
     unique: dict[str, Frame] = {}
     for frame in frames:
@@ -213,12 +213,12 @@ def parse_defines(pairs: Sequence[str]) -> dict[str, Any]:
 # -- the frames ------------------------------------------------------------------------------
 def read_frames(
     path: Path,
-    method: str | None,
+    declared: Declared | None,
     keys: Keys = Keys(),
-    labels: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> list[Frame]:
-    """Every frame of ``path``, checked; the first bad one is a HifidataError naming it."""
+    """Every frame of ``path``, checked, with the numbers of ``declared`` (None: structures
+    only); the first bad frame is a HifidataError naming it."""
     if not path.is_file():
         raise HifidataError(f"{path}: no such file")
     raw = []
@@ -232,36 +232,36 @@ def read_frames(
         raise HifidataError(f"{path}: unreadable{at} ({' '.join(str(error).split())})") from None
     if not raw:
         raise HifidataError(f"{path}: no structures in it")
-    return [_frame(atoms, i, method, keys, labels, path.name) for i, atoms in enumerate(raw)]
+    return [_frame(atoms, i, declared, keys, path.name) for i, atoms in enumerate(raw)]
 
 
-def _frame(atoms: Atoms, index: int, method: str | None, keys: Keys, labels: bool,
-           file: str) -> Frame:
+def _frame(atoms: Atoms, index: int, declared: Declared | None, keys: Keys, file: str) -> Frame:
     where = f"{file}: frame {index}"
     structure = _structure(atoms, where)
     config_type = atoms.info.get("config_type")
     frame = Frame(index, structure, structure_id(structure),
                   None if config_type is None else str(config_type))
-    if not labels:
+    if declared is None:
         return frame
-    tiers = _tiers(method)
+    status = atoms.info.get("status")
+    if status is not None and str(status) != "ok":  # a release's <rung>.failed.extxyz
+        raise HifidataError(f"{where}: a failed label (status {status}); only numbers are "
+                            "imported")
+    tiers = _tiers(atoms, declared)
     if keys.energy:
         energy_key, tier = keys.energy, None
-        value = _lookup(atoms, keys.energy)
-        if value is None:
+        if _lookup(atoms, keys.energy) is None:
             raise HifidataError(f"{where}: no {keys.energy!r} (--energy-key)")
     else:
         tier = next((t for t in tiers if _lookup(atoms, t[0]) is not None), None)
         if tier is None:
-            raise HifidataError(f"{where}: no energy (looked for "
-                                f"{', '.join(repr(t[0]) for t in tiers)} and the calculator's "
-                                "energy)")
-        energy_key, value = tier[0], _lookup(atoms, tier[0])
-    frame.energy = _energy(value, f"{where}: {energy_key!r}")
+            raise HifidataError(f"{where}: {_no_energy(atoms, declared, tiers)}")
+        energy_key = tier[0]
+    frame.energy = _energy(_lookup(atoms, energy_key), f"{where}: {energy_key!r}")
 
-    forces_key = keys.forces or _key_of(atoms, 1, tier, tiers)
     if keys.forces and _lookup(atoms, keys.forces) is None:
         raise HifidataError(f"{where}: no {keys.forces!r} (--forces-key)")
+    forces_key = keys.forces or _key_of(atoms, 1, tier, tiers)
     if forces_key is None:  # a tier's forces only: never another method's next to its energy
         looked = tier[1] if tier else _names(tiers, 1)
         raise HifidataError(f"{where}: no forces ({looked}) for the energy {energy_key!r}")
@@ -269,21 +269,38 @@ def _frame(atoms: Atoms, index: int, method: str | None, keys: Keys, labels: boo
 
     stress_key = keys.stress or _key_of(atoms, 2, tier, tiers)
     if atoms.pbc.any() and stress_key is not None:
-        value = _lookup(atoms, stress_key)
-        if value is None:  # only an explicit key can be missing here
+        if _lookup(atoms, stress_key) is None:  # only an explicit key can be missing here
             raise HifidataError(f"{where}: no {stress_key!r} (--stress-key)")
-        frame.stress = _voigt(value, f"{where}: {stress_key!r}")
+        frame.stress = _voigt(_lookup(atoms, stress_key), f"{where}: {stress_key!r}")
     frame.keys = {"energy": energy_key, "forces": forces_key,
                   **({"stress": stress_key} if frame.stress is not None else {})}
     return frame
 
 
-def _tiers(method: str | None) -> list[tuple[str, str, str]]:
-    """(energy, forces, stress) keys, best first: the method's own, REF_, the calculator's."""
-    plain = [("REF_energy", "REF_forces", "REF_stress"), ("energy", "forces", "stress")]
-    if method:
-        plain.insert(0, (f"REF_energy_{method}", f"REF_forces_{method}", f"REF_stress_{method}"))
-    return plain
+def _tiers(atoms: Atoms, declared: Declared) -> list[tuple[str, str, str]]:
+    """(energy, forces, stress) keys, best first: the method's own suffixed keys, REF_, the
+    calculator's. A hifidata release frame names the method its REF_ keys belong to
+    (``method_id``); when that is another method, its REF_ keys are not this one's."""
+    name = declared.name
+    tiers = [(f"REF_energy_{name}", f"REF_forces_{name}", f"REF_stress_{name}")]
+    if _owner(atoms) in (None, declared.method_id):
+        tiers.append(("REF_energy", "REF_forces", "REF_stress"))
+    tiers.append(("energy", "forces", "stress"))
+    return tiers
+
+
+def _owner(atoms: Atoms) -> str | None:
+    owner = atoms.info.get("method_id")
+    return None if owner is None else str(owner)
+
+
+def _no_energy(atoms: Atoms, declared: Declared, tiers: list[tuple]) -> str:
+    owner = _owner(atoms)
+    if owner not in (None, declared.method_id) and "REF_energy" in atoms.info:
+        return (f"no energy of {declared.name}: its REF_energy is method_id {owner[:12]}, "
+                f"not {declared.name}'s {declared.method_id[:12]} (import that rung's own "
+                "release file, or name the key with --energy-key)")
+    return f"no energy (looked for {_names(tiers, 0)})"
 
 
 def _key_of(atoms: Atoms, column: int, tier: tuple | None, tiers: list[tuple]) -> str | None:

@@ -27,8 +27,17 @@ FORMAT_VERSION = 1
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "positions": "Å", "cell": "Å"}
 SPLITS = ("train", "validation", "test")
 # "charge" and the like are ase.db's own columns (ase.db.core.reserved_keys, numeric_keys)
-KEYS = ("rung", "split", "origin", "config_type", "status", "structure_id", "method_id",
-        "total_charge", "multiplicity")
+KEYS = (
+    "rung",
+    "split",
+    "origin",
+    "config_type",
+    "status",
+    "structure_id",
+    "method_id",
+    "total_charge",
+    "multiplicity",
+)
 PROGRESS_EVERY = 1000
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -48,11 +57,24 @@ def write(
     db = ase.db.connect(path, type="db", use_lock_file=False)
     written = 0
     with db:  # one transaction: SQLite commits once, at the end
-        db.metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
-                       "rungs": list(data.rungs), "units": UNITS}
+        db.metadata = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "rungs": list(data.rungs),
+            "units": UNITS,
+        }
         for i, rung in _labels(data):
-            db.write(_row(data, rung, i), key_value_pairs=_keys(data, rung, i),
-                     data={"origin": data.origins[i], "message": rung.message[i]})
+            try:
+                db.write(
+                    _row(data, rung, i),
+                    key_value_pairs=_keys(data, rung, i),
+                    data={"origin": data.origins[i], "message": rung.message[i]},
+                )
+            except ValueError as error:  # ase.db refuses a text value that reads as a number
+                raise ReleaseError(
+                    f"{path}: structure {data.structure_ids[i]}, rung {rung.name}: {error}"
+                ) from None
             written += 1
             if progress is not None and written % PROGRESS_EVERY == 0:
                 progress(PROGRESS_EVERY)
@@ -82,8 +104,12 @@ def _row(data: ReleaseData, rung: RungData, i: int) -> AtomsRow:
         "user": "hifidata",
     }
     if rung.status[i] == "ok":
-        row.update(calculator="unknown", calculator_parameters={},
-                   energy=float(rung.energy[i]), forces=np.asarray(rung.forces[i]))
+        row.update(
+            calculator="unknown",
+            calculator_parameters={},
+            energy=float(rung.energy[i]),
+            forces=np.asarray(rung.forces[i]),
+        )
         if np.isfinite(rung.stress[i]).all():
             row["stress"] = np.asarray(rung.stress[i], dtype=np.float64)
     return AtomsRow(row)
@@ -130,8 +156,9 @@ def _read_file(path: Path) -> list[Entry]:
             raise _fail(path, "not an SQLite database")
     db = ase.db.connect(path, type="db", use_lock_file=False)
     try:
-        rungs = _check_metadata(path, db.metadata)
-        return [_entry(path, row, rungs) for row in db.select()]
+        with db:  # one connection: without it ase.db opens one per row
+            rungs = _check_metadata(path, db.metadata)
+            return [_entry(path, row, rungs) for row in db.select()]
     except sqlite3.DatabaseError as error:
         raise _fail(path, f"not an ASE database ({error})") from None
 
@@ -144,8 +171,11 @@ def _check_metadata(path: Path, metadata: dict[str, Any]) -> list[str]:
     if metadata["format"] != FORMAT:
         raise _fail(path, f"metadata format {metadata['format']!r}, expected {FORMAT!r}")
     if metadata["format_version"] != FORMAT_VERSION:
-        raise _fail(path, f"metadata format_version {metadata['format_version']!r}, this "
-                          f"hifidata reads {FORMAT_VERSION}")
+        raise _fail(
+            path,
+            f"metadata format_version {metadata['format_version']!r}, this "
+            f"hifidata reads {FORMAT_VERSION}",
+        )
     rungs = metadata["rungs"]
     if not isinstance(rungs, list) or not rungs or not all(isinstance(r, str) for r in rungs):
         raise _fail(path, f"metadata rungs is not a list of rung names: {rungs!r}")
@@ -179,8 +209,9 @@ def _check_row(path: Path, row: AtomsRow, rungs: list[str]) -> None:
         if key not in keys:
             raise _fail(path, f"row {row.id} has no key {key!r}")
     if keys["rung"] not in rungs:
-        raise _fail(path, f"row {row.id}: unknown rung {keys['rung']!r} "
-                          f"(rungs: {', '.join(rungs)})")
+        raise _fail(
+            path, f"row {row.id}: unknown rung {keys['rung']!r} (rungs: {', '.join(rungs)})"
+        )
     if keys["split"] not in SPLITS:
         raise _fail(path, f"row {row.id}: split {keys['split']!r} (splits: {', '.join(SPLITS)})")
     for key in ("origin", "message"):
@@ -192,7 +223,9 @@ def _check_row(path: Path, row: AtomsRow, rungs: list[str]) -> None:
     if ok and (row.get("energy") is None or row.get("forces") is None):
         raise _fail(path, f"row {row.id} is ok but has no energy or forces")
     if ok and np.shape(row.forces) != (row.natoms, 3):
-        raise _fail(path, f"row {row.id} has forces of shape {np.shape(row.forces)}, "
-                          f"expected ({row.natoms}, 3)")
+        raise _fail(
+            path,
+            f"row {row.id} has forces of shape {np.shape(row.forces)}, expected ({row.natoms}, 3)",
+        )
     if not ok and row.get("energy") is not None:
         raise _fail(path, f"row {row.id} has status {keys['status']!r} but an energy")

@@ -159,14 +159,13 @@ def _write_group(
         "spin": data.spin[rows].astype(np.int32),
         "split": np.array([data.split[i] for i in rows], dtype="S10"),
         "config_type": np.array([data.config_type(i) for i in rows], dtype=TEXT),
-        "origin": np.array(
-            [json.dumps(data.origins[i], sort_keys=True) for i in rows], dtype=TEXT
-        ),
+        "origin": np.array([json.dumps(data.origins[i], sort_keys=True) for i in rows], dtype=TEXT),
     }
     _write_datasets(group, columns, STRUCTURE_LAYOUT)
     for rung in data.rungs.values():
-        _write_datasets(group.create_group(rung.name), _rung_columns(rung, rows, len(numbers)),
-                        RUNG_LAYOUT)
+        _write_datasets(
+            group.create_group(rung.name), _rung_columns(rung, rows, len(numbers)), RUNG_LAYOUT
+        )
         labeled = int(rung.labeled()[rows].sum())
         if progress is not None and labeled:
             progress(labeled)
@@ -287,8 +286,11 @@ def _check_group_attrs(path: Path, group: h5py.Group) -> bytes:
     for key in GROUP_ATTRS:
         value = _attr(path, group, key)
         if value != expected[key] and not (key == "elements" and _same_elements(value, expected)):
-            raise _fail(path, f"{group.name} attribute {key}={value!r}, its atomic_numbers "
-                              f"make {expected[key]!r}")
+            raise _fail(
+                path,
+                f"{group.name} attribute {key}={value!r}, its atomic_numbers "
+                f"make {expected[key]!r}",
+            )
     return sequence
 
 
@@ -325,8 +327,9 @@ def _dataset(
         if "units" not in dataset.attrs:
             raise _fail(path, f"{where} has no 'units' attribute (expected {units!r})")
         if _attr(path, dataset, "units") != units:
-            raise _fail(path, f"{where} has units {_attr(path, dataset, 'units')!r}, "
-                              f"expected {units!r}")
+            raise _fail(
+                path, f"{where} has units {_attr(path, dataset, 'units')!r}, expected {units!r}"
+            )
     if kind == "text":
         return np.array(dataset.asstr()[()], dtype=object)
     return dataset[()]
@@ -374,8 +377,11 @@ def _check_nan_convention(path: Path, where: str, columns: dict[str, np.ndarray]
     ):
         if broken.any():
             row = int(np.flatnonzero(broken)[0])
-            raise _fail(path, f"{where}/{name} row {row} (status {columns['status'][row]!r}) "
-                              "breaks the convention: finite where ok, NaN elsewhere")
+            raise _fail(
+                path,
+                f"{where}/{name} row {row} (status {columns['status'][row]!r}) "
+                "breaks the convention: finite where ok, NaN elsewhere",
+            )
 
 
 def _entries(
@@ -385,21 +391,27 @@ def _entries(
     for k in np.flatnonzero(labels["status"] != ""):
         ok = labels["status"][k] == "ok"
         stress = labels["stress"][k]
-        entries.append(Entry(
-            structure_id=columns["structure_id"][k],
-            rung=rung,
-            split=columns["split"][k],
-            status=labels["status"][k],
-            energy=float(labels["energy"][k]),
-            forces=labels["forces"][k].copy() if ok else None,
-            stress=None if np.isnan(stress).all() else stress.copy(),
-            atoms=_atoms(columns, k),
-        ))
+        entries.append(
+            Entry(
+                structure_id=columns["structure_id"][k],
+                rung=rung,
+                split=columns["split"][k],
+                status=labels["status"][k],
+                energy=float(labels["energy"][k]),
+                forces=labels["forces"][k].copy() if ok else None,
+                stress=None if np.isnan(stress).all() else stress.copy(),
+                atoms=_atoms(columns, k),
+            )
+        )
     return entries
 
 
 def _atoms(columns: dict[str, np.ndarray], k: int) -> Atoms:
-    atoms = Atoms(numbers=columns["atomic_numbers"], positions=columns["positions"][k],
-                  cell=columns["cell"][k], pbc=columns["pbc"][k])
+    atoms = Atoms(
+        numbers=columns["atomic_numbers"],
+        positions=columns["positions"][k],
+        cell=columns["cell"][k],
+        pbc=columns["pbc"][k],
+    )
     atoms.info.update(charge=int(columns["charge"][k]), spin=int(columns["spin"][k]))
     return atoms
