@@ -118,12 +118,14 @@ def collect(store: Store, rungs: Sequence[str] | None = None, only_ok: bool = Fa
 
 
 def store_rungs(store: Store) -> dict[str, dict[str, Any]]:
-    """Rung name -> its latest registered method, in the order rungs were first registered
-    (the ladder's order, cheapest first)."""
+    """Rung name -> its latest registered method, in the campaign's ladder order (cheapest
+    first), then any other rung (imported ones) in the order it was first registered."""
     latest: dict[str, dict[str, Any]] = {}
     for method in store.methods():
         latest[method["name"]] = method  # a rung redefined later wins, in its first place
-    return latest
+    ladder = [r.get("name") for r in (store.record("run", "spec") or {}).get("ladder") or []]
+    order = {name: i for i, name in enumerate(ladder)}  # the campaign's ladder, where known
+    return dict(sorted(latest.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def split_settings(store: Store) -> dict[str, Any]:

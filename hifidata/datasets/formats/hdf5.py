@@ -281,6 +281,8 @@ def _check_group_attrs(path: Path, group: h5py.Group) -> bytes:
     numbers = _dataset(path, group, "atomic_numbers", STRUCTURE_LAYOUT, 0, None)
     if numbers.ndim != 1 or len(numbers) == 0:
         raise _fail(path, f"{group.name}/atomic_numbers has shape {numbers.shape}, expected (n,)")
+    if numbers.max() >= len(chemical_symbols):
+        raise _fail(path, f"{group.name}/atomic_numbers holds {numbers.max()}: no such element")
     sequence = numbers.astype(np.uint8).tobytes()
     expected = _group_attrs(sequence)
     for key in GROUP_ATTRS:
