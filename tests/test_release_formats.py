@@ -324,6 +324,18 @@ def _unknown_rung(f):
     f.move("structures/H4O2/mp2", "structures/H4O2/ccsdt")
 
 
+def _nan_convention(f):
+    f["structures/H4O2/mp2/energy"][4] = 0.0  # a value where mp2 has no label
+
+
+def _same_structure_twice(f):
+    f["structures/H4O2/structure_id"][1] = f["structures/H4O2/structure_id"][0]
+
+
+def _misnamed_group(f):
+    f.move("structures/H4O2", "structures/H2O")
+
+
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
@@ -332,6 +344,9 @@ def _unknown_rung(f):
         (_wrong_format, r"format 'something-else'"),
         (_wrong_shape, r"/structures/HO/hf/stress has shape \(1, 3\), expected \(1, 6\)"),
         (_unknown_rung, r"ccsdt: unknown rung"),
+        (_nan_convention, r"/structures/H4O2/mp2/energy row 4 \(status ''\) breaks"),
+        (_same_structure_twice, r"structure [0-9a-f]{64} is in the file twice"),
+        (_misnamed_group, r"group /structures/H2O should be named 'H4O2'"),
     ],
 )
 def test_hdf5_read_rejects(corrupt, message, release, tmp_path):
@@ -354,6 +369,12 @@ def _wrong_metadata(db):
     db.metadata = {**db.metadata, "format": "hifidata-release-hdf5"}
 
 
+def _same_label_twice(db):
+    (row,) = db.select(rung="cp2k")
+    # as Atoms: a new unique_id (ase.db refuses a row's twice)
+    db.write(row.toatoms(), key_value_pairs=row.key_value_pairs, data=row.data)
+
+
 def _ok_without_energy(db):
     (row,) = db.select(status="invalid_structure")
     db.update(row.id, status="ok")  # ok, but with no energy or forces
@@ -365,6 +386,7 @@ def _ok_without_energy(db):
         (_missing_key, r"row \d+ has no key 'split'"),
         (_wrong_metadata, r"metadata format 'hifidata-release-hdf5'"),
         (_ok_without_energy, r"row \d+ is ok but has no energy"),
+        (_same_label_twice, r"two rows label structure [0-9a-f]{64} in rung cp2k"),
     ],
 )
 def test_asedb_read_rejects(corrupt, message, release, tmp_path):

@@ -158,9 +158,20 @@ def _read_file(path: Path) -> list[Entry]:
     try:
         with db:  # one connection: without it ase.db opens one per row
             rungs = _check_metadata(path, db.metadata)
-            return [_entry(path, row, rungs) for row in db.select()]
+            entries = [_entry(path, row, rungs) for row in db.select()]
     except sqlite3.DatabaseError as error:
         raise _fail(path, f"not an ASE database ({error})") from None
+    _check_unique(path, entries)
+    return entries
+
+
+def _check_unique(path: Path, entries: list[Entry]) -> None:
+    seen = set()
+    for entry in entries:
+        key = (entry.structure_id, entry.rung)
+        if key in seen:
+            raise _fail(path, f"two rows label structure {key[0]} in rung {key[1]}")
+        seen.add(key)
 
 
 def _check_metadata(path: Path, metadata: dict[str, Any]) -> list[str]:
@@ -208,6 +219,9 @@ def _check_row(path: Path, row: AtomsRow, rungs: list[str]) -> None:
     for key in KEYS:
         if key not in keys:
             raise _fail(path, f"row {row.id} has no key {key!r}")
+        kind = int if key in ("total_charge", "multiplicity") else str
+        if not isinstance(keys[key], kind):
+            raise _fail(path, f"row {row.id}: {key}={keys[key]!r} is not a {kind.__name__}")
     if keys["rung"] not in rungs:
         raise _fail(
             path, f"row {row.id}: unknown rung {keys['rung']!r} (rungs: {', '.join(rungs)})"

@@ -217,8 +217,9 @@ def _read_file(path: Path) -> list[Entry]:
         sequences = {key: _check_group_attrs(path, group) for key, group in groups.items()}
         _check_group_names(path, sequences)
         entries: list[Entry] = []
+        seen: set[str] = set()  # structure ids of the groups read so far
         for group in groups.values():
-            entries += _read_group(path, group, rungs)
+            entries += _read_group(path, group, rungs, seen)
         return entries
 
 
@@ -343,11 +344,15 @@ def _kind_matches(dtype: np.dtype, kind: str) -> bool:
     return dtype.kind == kind
 
 
-def _read_group(path: Path, group: h5py.Group, rungs: list[str]) -> list[Entry]:
+def _read_group(path: Path, group: h5py.Group, rungs: list[str], seen: set[str]) -> list[Entry]:
     n = len(group["atomic_numbers"])
     ids = _child(path, group, "structure_id", h5py.Dataset)
     m = ids.shape[0] if ids.ndim else -1  # a scalar fails the shape check below
     columns = {key: _dataset(path, group, key, STRUCTURE_LAYOUT, m, n) for key in STRUCTURE_LAYOUT}
+    for sid in columns["structure_id"]:
+        if sid in seen:
+            raise _fail(path, f"structure {sid} is in the file twice ({group.name})")
+        seen.add(sid)
     bad = sorted(set(columns["split"]) - set(SPLITS))
     if bad:
         raise _fail(path, f"{group.name}/split holds {bad[0]!r} (splits: {', '.join(SPLITS)})")
