@@ -21,6 +21,7 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+from ase import Atoms
 from ase.data import chemical_symbols
 
 from hifidata.calculators.base import Method
@@ -118,10 +119,8 @@ def reduced_formula(counts: dict[int, int]) -> str:
 
 
 def _hill(counts: dict[int, int]) -> str:
-    symbols = {chemical_symbols[z]: n for z, n in counts.items()}
-    first = [s for s in ("C", "H") if "C" in symbols and s in symbols]
-    order = first + sorted(s for s in symbols if s not in first)
-    return "".join(f"{s}{symbols[s] if symbols[s] > 1 else ''}" for s in order)
+    return Atoms(numbers=[z for z, n in counts.items() for _ in range(n)]).get_chemical_formula(
+        "hill")
 
 
 def _rung(data: ReleaseData, rung: RungData, counts: list[Counter],

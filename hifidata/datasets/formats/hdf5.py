@@ -11,7 +11,6 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
-from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from hifidata.datasets.card import reduced_formula as card_formula
 from hifidata.datasets.formats import Entry
 from hifidata.datasets.release_data import ReleaseData, ReleaseError, RungData
 
@@ -116,15 +116,8 @@ def hill_formula(sequence: bytes) -> str:
 
 
 def reduced_formula(sequence: bytes) -> str:
-    """OPTIMADE's chemical_formula_reduced: elements alphabetical, counts over their gcd."""
-    symbols, counts = np.unique(
-        [chemical_symbols[z] for z in np.frombuffer(sequence, np.uint8)], return_counts=True
-    )
-    divisor = gcd(*counts.tolist())
-    return "".join(
-        f"{symbol}{count // divisor if count != divisor else ''}"
-        for symbol, count in zip(symbols, counts, strict=True)
-    )
+    """OPTIMADE's chemical_formula_reduced of an atomic-number sequence."""
+    return card_formula(Counter(np.frombuffer(sequence, np.uint8).tolist()))
 
 
 def _sequence(numbers: np.ndarray) -> bytes:
