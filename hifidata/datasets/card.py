@@ -25,12 +25,17 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from hifidata.calculators.base import Method
-from hifidata.datasets.release_data import ReleaseData, ReleaseError, RungData, engine_versions
+from hifidata.datasets.release_data import (
+    UNITS,
+    ReleaseData,
+    ReleaseError,
+    RungData,
+    engine_versions,
+)
 
 FORMAT = "hifidata-release"
 FORMAT_VERSION = 2
 SCHEMA = Path(__file__).with_name("dataset-card.schema.json")
-UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "positions": "Å", "cell": "Å"}
 SOFTWARE = {"pyscf": "PySCF", "cp2k": "CP2K", "espresso": "Quantum ESPRESSO"}
 VERSIONED = ("hifidata", "ase", "numpy", "h5py", "pyscf", "chgnet", "sevenn", "torch",
              "scikit-learn", "prefect")

@@ -19,6 +19,8 @@ from hifidata.datasets.splits import recorded_split, split_of
 from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError
 
+#: units of every release file and the card
+UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "positions": "Å", "cell": "Å"}
 #: the split settings a store without a campaign spec gets (the spec's defaults)
 DEFAULT_SPLIT = {"test_fraction": 0.2, "validation_fraction": 0.15, "seed": 0}
 

@@ -20,11 +20,10 @@ from ase.db.core import now
 from ase.db.row import AtomsRow
 
 from hifidata.datasets.formats import Entry
-from hifidata.datasets.release_data import ReleaseData, ReleaseError, RungData
+from hifidata.datasets.release_data import UNITS, ReleaseData, ReleaseError, RungData
 
 FORMAT = "hifidata-release-asedb"
 FORMAT_VERSION = 1
-UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "positions": "Å", "cell": "Å"}
 SPLITS = ("train", "validation", "test")
 # "charge" and the like are ase.db's own columns (ase.db.core.reserved_keys, numeric_keys)
 KEYS = (

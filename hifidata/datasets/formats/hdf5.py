@@ -21,11 +21,10 @@ from ase.data import chemical_symbols
 
 from hifidata.datasets.card import reduced_formula as card_formula
 from hifidata.datasets.formats import Entry
-from hifidata.datasets.release_data import ReleaseData, ReleaseError, RungData
+from hifidata.datasets.release_data import UNITS, ReleaseData, ReleaseError, RungData
 
 FORMAT = "hifidata-release-hdf5"
 FORMAT_VERSION = 1
-UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "positions": "Å", "cell": "Å"}
 SPLITS = ("train", "validation", "test")
 TEXT = h5py.string_dtype()  # variable-length UTF-8
 
