@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.io import iread
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from hifidata.calculators.base import Label, Method
 from hifidata.datasets.store import Store
@@ -370,8 +371,7 @@ def _voigt(value: Any, where: str) -> np.ndarray:
     """Stress as Voigt xx yy zz yz xz xy from 6 numbers or a 3×3 (or 9) tensor, ASE's sign."""
     array = _numbers(value, where)
     if array.size == 9:
-        t = array.reshape(3, 3)
-        array = np.array([t[0, 0], t[1, 1], t[2, 2], t[1, 2], t[0, 2], t[0, 1]])
+        array = full_3x3_to_voigt_6_stress(array.reshape(3, 3))
     if array.shape != (6,):
         raise HifidataError(f"{where}: stress of shape {array.shape}; expected 6 (Voigt) or "
                             "3×3")

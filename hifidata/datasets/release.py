@@ -21,12 +21,7 @@ from typing import Any
 from hifidata import __version__
 from hifidata.datasets.card import build_card, render_readme, validate_card
 from hifidata.datasets.formats import extxyz, format_module
-from hifidata.datasets.release_data import (
-    ReleaseError,
-    collect,
-    split_settings,
-    store_rungs,
-)
+from hifidata.datasets.release_data import ReleaseError, collect, split_settings
 from hifidata.datasets.store import Store
 
 CARD = "dataset-card.json"
@@ -209,5 +204,3 @@ def sha256_file(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-__all__ = ["ReleaseError", "export_release", "sha256_file", "store_rungs", "write_manifest"]
