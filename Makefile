@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install engines slurm demo demo-silicon test lint clean
+.PHONY: install engines slurm browser demo demo-silicon test lint clean
 
 install: $(STAMP)
 
@@ -42,7 +42,14 @@ demo-silicon: $(STAMP) engines
 	test -f $(DEMO_DIR)/silicon.yaml || $(BIN)/hifidata init $(DEMO_DIR) --example silicon
 	$(BIN)/hifidata run $(DEMO_DIR)/silicon.yaml
 
-test: $(STAMP) engines slurm
+# the dashboard's browser tests drive Debian's Chromium through its chromedriver
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "make: Chromium is missing: sudo apt-get install chromium chromium-driver (docs/install.md)"; exit 1; fi
+
+test: $(STAMP) engines slurm browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

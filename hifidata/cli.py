@@ -587,6 +587,30 @@ class RichReporter:
             self.progress.stop()
 
 
+@app.command()
+def dashboard(
+    path: Path = typer.Argument(..., help="A campaign store (.h5), or a folder of them."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. The default is this "
+                             "machine only; reach it from yours with ssh -L PORT:127.0.0.1:PORT."),
+    port: int = typer.Option(8050, help="Port to listen on."),
+    refresh: float = typer.Option(2.0, min=0.2, help="Seconds between the page's checks for "
+                                  "new data."),
+) -> None:
+    """The monitoring page: stages, labels, cost, failures, coverage, models and releases,
+    live while campaigns run (read-only)."""
+    from hifidata.dashboard.app import serve
+    from hifidata.dashboard.campaigns import Campaigns
+
+    stores = Campaigns(path).paths()  # bad PATH: one line, before the server starts
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    out.print(f"hifidata dashboard: {len(stores)} campaign store(s) under {path}; "
+              f"http://{host if ':' not in host else f'[{host}]'}:{port}/ (Ctrl-C stops)")
+    if not loopback:
+        out.print(f"[yellow]listening on {host}: anyone who can reach this machine can read "
+                  "these campaigns[/yellow]")
+    serve(path, host=host, port=port, refresh_seconds=refresh)
+
+
 def print_summary(status: dict) -> None:
     stages = status["stages"]
     table = Table(title=f"campaign {status['campaign']}", title_justify="left")

@@ -94,6 +94,19 @@ def prefect_api(prefect_server, monkeypatch):
         EventsWorker.drain_all(timeout=10, at_exit=False)
 
 
+@pytest.fixture(scope="session")
+def finished_campaign(tmp_path_factory, prefect_db):
+    """One tiny campaign, run to the end once for every test that reads a finished campaign
+    (test_campaign, test_dashboard): (spec path, the run's status). Copy its folder before
+    writing to it."""
+    from hifidata.flows.campaign import run_campaign
+
+    folder = tmp_path_factory.mktemp("campaign")
+    spec_path = write_spec(folder, tiny_spec())
+    status = run_campaign(spec_path)
+    return spec_path, status
+
+
 @pytest.fixture
 def one_torch_thread():
     """Small tensors gain nothing from a second torch thread, and on a busy 2-core machine two

@@ -51,13 +51,9 @@ def engine_calls(monkeypatch):
     return calls
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One tiny campaign, run to the end once for all the tests of this module."""
-    folder = tmp_path_factory.mktemp("campaign")
-    spec_path = write_spec(folder, tiny_spec())
-    status = run_campaign(spec_path)
-    return spec_path, status
+@pytest.fixture
+def finished(finished_campaign):
+    return finished_campaign
 
 
 def test_every_stage_delivers(finished):

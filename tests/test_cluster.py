@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 from hifidata.calculators import base
 from hifidata.calculators import pyscf as pyscf_engine
 from hifidata.cli import app
+from hifidata.datasets.overview import overview
 from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError
 from hifidata.flows.campaign import run_campaign
@@ -92,6 +93,12 @@ def test_a_campaign_shows_in_the_prefect_server(prefect_api, tmp_path, monkeypat
         runs = {client.read_flow(r.flow_id).name: r for r in stages}
         assert {"explore", "select", "label"} <= set(runs)
         assert all(run.state.is_completed() for run in runs.values())
+        # the dashboard links the campaign's and each stage's run in the server's UI
+        links = overview(Store(status["store"]))["prefect"]
+        ui = prefect_api.removesuffix("/api")
+        assert links["campaign"] == f"{ui}/runs/flow-run/{campaign.id}"
+        for stage in ("explore", "select", "label"):
+            assert links["stages"][stage] == f"{ui}/runs/flow-run/{runs[stage].id}"
         label_tasks = [t.name for t in _task_runs(client, runs["label"].id)]
         assert sum(name.startswith("dft-") for name in label_tasks) == 10
         assert sum(name.startswith("ccsdt-") for name in label_tasks) == 5

@@ -7,7 +7,7 @@
   (lanthanides and actinides in two rows below), colour on a log scale; :func:`element_counts`
   gives its input from a list of structures.
 - :func:`store_maps`: both, for a campaign store: one coverage map per rung, one periodic table of
-  the labeled structures. The PNGs are what the dashboard shows.
+  the labeled structures (the dashboard draws the same maps itself, interactively).
 
 Group and period come from pymatgen's Element; the drawing is plain matplotlib: pymatgen's own
 ``periodic_table_heatmap`` delegates to pymatviz (plotly figures, PNG export through kaleido),

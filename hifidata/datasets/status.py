@@ -85,7 +85,7 @@ def _labels(store: Store) -> tuple[dict[str, Any], list[dict[str, str]]]:
         }
         failures += [
             {"rung": name, "structure_id": sid, "status": status, "message": message,
-             "rescues_tried": [_step(a) for a in tried[1:]] if len(tried) > 1 else []}
+             "rescues_tried": [rescue_step(a) for a in tried[1:]] if len(tried) > 1 else []}
             for sid, status, message, tried in zip(labels.structure_ids, labels.status,
                                                    labels.message, attempts, strict=True)
             if status != "ok"
@@ -93,7 +93,7 @@ def _labels(store: Store) -> tuple[dict[str, Any], list[dict[str, str]]]:
     return out, failures
 
 
-def _step(attempt: dict[str, Any]) -> str:
+def rescue_step(attempt: dict[str, Any]) -> str:
     """One rescue attempt, e.g. 'max_scf=100, restart_wavefunction=True'."""
     changed = attempt.get("changed") or {}
     return ", ".join(f"{k}={v}" for k, v in changed.items()) or "plain retry"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class Store:
             raise StoreError(
                 f"{self.path}: another process is writing this store (a campaign still running?)"
             ) from None
-        lock.write(str(os.getpid()))
+        lock.write(f"{os.getpid()} {socket.gethostname()}")  # who writes, for the dashboard
         lock.flush()
         self._lock_file = lock
 
@@ -333,6 +334,21 @@ class Store:
                 [provenance[r] for r in rows],
             )
 
+    def label_rows(self) -> dict[str, Any]:
+        """Every label row of every method, without energies or forces (cheap to read whole):
+        structure_id, method_id, status, message, wall_time, provenance (JSON text)."""
+        with self._table("labels") as table:
+            return {
+                "structure_id": table.ids("structure_id"), "method_id": table.ids("method_id"),
+                "status": table.text("status"), "message": table.text("message"),
+                "wall_time": table.column("wall_time"), "provenance": table.text("provenance"),
+            }
+
+    def atomic_numbers(self) -> tuple[list[str], list[np.ndarray]]:
+        """Every structure's id and atomic numbers, in store order (positions are not read)."""
+        with self._table("structures") as table:
+            return table.ids("structure_id"), table.per_atom("numbers")
+
     def labeled_ids(self, method_id: str) -> dict[str, str]:
         """structure_id -> status of its latest label for ``method_id``."""
         with self._table("labels") as table:
@@ -398,6 +414,28 @@ class Store:
 
     def record(self, kind: str, key: str) -> dict[str, Any] | None:
         return self.records(kind).get(key)
+
+    def record_history(self, kind: str, key: str | None = None) -> list[dict[str, Any]]:
+        """Every record of ``kind`` (and ``key``) ever written, oldest first, each as
+        {"key", "created", "data"}: the campaign's history, e.g. one evaluation per run."""
+        with self._table("records") as table:
+            return [
+                {"key": k, "created": created, "data": json.loads(data)}
+                for kd, k, created, data in zip(table.text("kind"), table.text("key"),
+                                                table.text("created"), table.text("data"),
+                                                strict=True)
+                if kd == kind and (key is None or k == key)
+            ]
+
+    def writer(self) -> dict[str, Any] | None:
+        """The pid and host of the last process that opened the store for writing (from its
+        lock file), and whether it still runs (None where that cannot be told from here)."""
+        try:
+            pid, host = self.path.with_name(self.path.name + ".lock").read_text().split()
+        except (OSError, ValueError):  # no lock file, or one from before hosts were recorded
+            return None
+        alive = Path(f"/proc/{pid}").exists() if host == socket.gethostname() else None
+        return {"pid": int(pid), "host": host, "alive": alive}
 
     # -- paths of files that belong to the campaign ------------------------------------------
     def relative(self, path: str | os.PathLike) -> str:

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from hifidata.errors import HifidataError, SpecError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
 from hifidata.flows.evaluate import evaluate_flow
-from hifidata.flows.execution import check_server, label_executor
+from hifidata.flows.execution import check_server, label_executor, prefect_run
 from hifidata.flows.monitor import LabelMonitor, campaign_finished
 from hifidata.flows.progress import counted_progress, reporter
 from hifidata.flows.train import fingerprint, rung_data, train_flow
@@ -96,16 +97,39 @@ def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
     timings = {}
     with Store(spec.store_path, "a") as store:
         store.put_record("run", "spec", spec.model_dump(mode="json", by_alias=True))
+        store.put_record("run", "prefect", prefect_run())
         for name in STAGES[: STAGES.index(until) + 1]:
             if spec.train is None and name in MODEL_STAGES:
                 continue
-            start = time.perf_counter()
-            stages[name].with_options(task_runner=runner)(spec, store)
-            timings[name] = round(time.perf_counter() - start, 1)
+            timings[name] = _run_stage(stages[name].with_options(task_runner=runner),
+                                       name, spec, store)
         store.put_record("timings", "last_run", timings)
         status = {**campaign_status(store), "timings_s": timings}
     campaign_finished(spec.name, until, status)
     return status
+
+
+def _run_stage(stage, name: str, spec: Spec, store: Store) -> float:
+    """Run one stage flow; record when it started and how it ended (the dashboard's stage
+    progress) with its flow run, so a Prefect server's page for it can be linked."""
+    started, start = _now(), time.perf_counter()
+    store.put_record("stage", name, {"state": "running", "started": started})
+    state = stage(spec, store, return_state=True)
+    seconds = round(time.perf_counter() - start, 1)
+    record = {"started": started, "finished": _now(), "seconds": seconds,
+              "flow_run_id": str(state.state_details.flow_run_id)}
+    try:
+        state.result()  # the stage's own exception, if it failed
+    except Exception as error:
+        store.put_record("stage", name, {**record, "state": "failed",
+                                         "error": str(error).splitlines()[0][:500]})
+        raise
+    store.put_record("stage", name, {**record, "state": "done"})
+    return seconds
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _runner(spec: Spec) -> ThreadPoolTaskRunner:
@@ -401,7 +425,8 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
     print_ = fingerprint(
         "evaluate", split, {n: (store.record("model", n) or {}).get("fingerprint") for n in models}
     )
-    if (store.record("evaluation", "campaign") or {}).get("fingerprint") != print_:
+    done = store.record("evaluation", "campaign") or {}
+    if done.get("fingerprint") != print_ or "parity_points" not in done:
         data = {rung.name: rung_data(store, rung.name, split) for rung in spec.ladder}
         bar = reporter()
         bar.start("evaluate", "evaluate: models × rungs", len(models) * len(data))
@@ -415,10 +440,11 @@ def evaluate_stage(spec: Spec, store: Store) -> None:
                     bar.advance("evaluate")
         reports = spec.campaign_dir / "reports"
         plot = tasks.parity_plot(parities, reports / "parity.png")
+        points = tasks.parity_points(parities, reports / "parity.json")
         metrics = [{"model": p.model, "rung": p.rung, **p.errors()} for p in parities]
         store.put_record("evaluation", "campaign", {
             "fingerprint": print_, "metrics": metrics, "parity_plot": store.relative(plot),
-            "split": "test",
+            "parity_points": store.relative(points), "split": "test",
         })
         bar.done("evaluate")
     final = store.record("final_model", "campaign")["name"]

@@ -47,6 +47,17 @@ def check_server(execution: Execution) -> None:
         )
 
 
+def prefect_run() -> dict[str, str | None]:
+    """This flow run's id, and the Prefect UI that shows it (None in the embedded mode, whose
+    temporary server is gone when the run ends)."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    server = bool(PREFECT_API_URL.value())
+    return {"flow_run_id": flow_run.get_id(), "api_url": PREFECT_API_URL.value() or None,
+            "ui_url": (PREFECT_UI_URL.value() or None) if server else None}
+
+
 def api_url() -> str:
     """The Prefect API this process reports to (a temporary server's when none is set)."""
     with get_client(sync_client=True) as client:

@@ -172,6 +172,11 @@ def parity_plot(parities: Sequence[metrology.Parity], path: Path) -> Path:
 
 
 @task(**quiet)
+def parity_points(parities: Sequence[metrology.Parity], path: Path) -> Path:
+    return metrology.write_parity_points(parities, path)
+
+
+@task(**quiet)
 def run_md(structure: Atoms, model_dir: Path, settings: dict[str, Any], trajectory: Path,
            progress: Progress = None) -> list[ase_md.MDResult]:
     """Production MD of ``structure`` with the model on the batched engine: ``settings`` are

@@ -15,6 +15,7 @@ markdown report of it all with the energy-landscape slices of hifidata.training.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,35 @@ def parity_plot(parities: Sequence[Parity], path: str | Path) -> Path:
             ax.set_title(f"{rung}: {quantity.split(' ')[0]} (test split)")
             ax.legend(fontsize=8)
     return plots.save(figure, path)
+
+
+def write_parity_points(parities: Sequence[Parity], path: str | Path,
+                        max_points: int = 2000) -> Path:
+    """The parity plot's data as JSON (what the dashboard draws): per model and rung, energies
+    per atom (eV/atom) and force components (eV/Å), true and predicted, with the errors.
+
+    At most ``max_points`` structures and force components each, an evenly spaced subset (the
+    errors are over all of them), so a large test split stays a small file.
+    """
+    def thin(values: np.ndarray) -> list[float]:
+        values = np.asarray(values, dtype=float).ravel()
+        step = max(1, int(np.ceil(len(values) / max_points)))
+        return np.round(values[::step], 6).tolist()
+
+    rows = []
+    for p in parities:
+        n_atoms = np.maximum(np.asarray(p.n_atoms, dtype=float), 1)
+        rows.append({
+            "model": p.model, "rung": p.rung, "errors": p.errors(),
+            "energy_true": thin(p.energy_true / n_atoms),
+            "energy_pred": thin(p.energy_pred / n_atoms),
+            "force_true": thin(p.forces_true), "force_pred": thin(p.forces_pred),
+        })
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"units": {"energy": "eV/atom", "force": "eV/Å"},
+                                "parities": rows}))
+    return path
 
 
 # --- error tables ------------------------------------------------------------------------
