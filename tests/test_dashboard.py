@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from ase.collections import s22
 from browser import chromium, screenshot, wait_for
+from cli_batch import run_cli_calls
 from starlette.testclient import TestClient
 
 from hifidata.calculators.base import Label, Method, ScfNotConverged, label
@@ -260,12 +261,12 @@ def test_strings_from_the_store_are_escaped(campaign):
 def test_bad_paths_give_one_line(tmp_path):
     not_a_store = tmp_path / "notes.h5"
     not_a_store.write_text("hello")
-    for path, reason in ((tmp_path / "missing", "no such store or folder"),
-                         (not_a_store, "not a readable HDF5 file")):
-        result = subprocess.run([sys.executable, "-m", "hifidata.cli", "dashboard", str(path)],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2
-        assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    results = run_cli_calls([["dashboard", str(tmp_path / "missing")],
+                             ["dashboard", str(not_a_store)]])
+    for (code, stderr), reason in zip(results, ("no such store or folder",
+                                                "not a readable HDF5 file"), strict=True):
+        assert code == 2
+        assert reason in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_the_page_in_a_browser_shows_the_store_and_follows_it_live(campaign):

@@ -308,25 +308,20 @@ def test_md_command_runs_a_multifidelity_model_at_a_chosen_rung(tmp_path):
         model.predict([frames[-1]])["energy"][0], abs=1e-4)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--device", "cuda"], "no CUDA device"),
-    (["--ensemble", "npt"], "NPT needs a periodic structure"),
-    (["--ensemble", "nvt"], "unknown ensemble"),
-    (["--rung", "CCSDT"], "no rung 'CCSDT'"),
-])
-def test_md_command_bad_inputs_are_one_line_errors(tmp_path, args, message):
-    import subprocess
-    import sys
+def test_md_command_bad_inputs_are_one_line_errors(tmp_path):
+    from cli_batch import run_cli_calls
 
-    if "cuda" in args and torch.cuda.is_available():
-        args = ["--device", "cuda:99"]  # still not there
-        message = "no CUDA device is available with that index"
+    cuda = (["--device", "cuda"], "no CUDA device")
+    if torch.cuda.is_available():
+        cuda = (["--device", "cuda:99"], "no CUDA device is available with that index")
+    cases = [cuda, (["--ensemble", "npt"], "NPT needs a periodic structure"),
+             (["--ensemble", "nvt"], "unknown ensemble"), (["--rung", "CCSDT"], "no rung 'CCSDT'")]
     structure = tmp_path / "water.xyz"
     molecule("H2O").write(structure)
     out = tmp_path / "t.h5"
-    result = subprocess.run(
-        [sys.executable, "-m", "hifidata.cli", "md", "7net-mf-0", str(structure), "-T", "300",
-         "--steps", "5", "--out", str(out), *args], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    base = ["md", "7net-mf-0", str(structure), "-T", "300", "--steps", "5", "--out", str(out)]
+    results = run_cli_calls([[*base, *args] for args, _ in cases])
+    for (args, message), (code, stderr) in zip(cases, results, strict=True):
+        assert code == 2, (args, stderr)
+        assert stderr.strip().count("\n") == 0 and message in stderr, (args, stderr)
     assert not out.exists()

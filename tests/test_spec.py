@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from ase.collections import s22
+from cli_batch import run_cli_calls
 from conftest import tiny_spec, write_spec
 
 from hifidata.datasets.store import Store
@@ -125,39 +127,54 @@ BAD_INPUTS = {
 }
 
 
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory) -> dict[str, tuple]:
+    """Every BAD_INPUTS case in a folder of its own, beside a store that already has data,
+    then all their `hifidata run`s in one process (tests/cli_batch.py).
+    case -> (folder, the store's digest before, exit code, stderr)."""
+    water = s22["Water_dimer"].copy()
+    water.info = {"charge": 0, "spin": 1}
+    prepared = {}
+    for case, (change, seeds, _) in BAD_INPUTS.items():
+        folder = tmp_path_factory.mktemp("bad-input")
+        spec_path = write_spec(folder, with_change(change), seeds=seeds)
+        with Store(folder / "water-dimer.h5", "a") as store:
+            store.add_structures([water])
+        prepared[case] = (folder, spec_path, digest(folder / "water-dimer.h5"))
+    results = run_cli_calls([["run", str(spec_path)] for _, spec_path, _ in prepared.values()])
+    return {case: (folder, before, *result)
+            for (case, (folder, _, before)), result in zip(prepared.items(), results,
+                                                             strict=True)}
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_and_changes_nothing(tmp_path, water_dimer, case):
-    change, seeds, message = BAD_INPUTS[case]
-    spec_path = write_spec(tmp_path, with_change(change), seeds=seeds)
-    store_path = tmp_path / "water-dimer.h5"  # a campaign that already has data
-    with Store(store_path, "a") as store:
-        store.add_structures([water_dimer])
-    before = digest(store_path)
-
-    result = hifidata("run", str(spec_path))
-
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+def test_bad_input_is_one_line_and_changes_nothing(bad_runs, case):
+    message = BAD_INPUTS[case][2]
+    folder, before, code, stderr = bad_runs[case]
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("hifidata: error: ")
     assert re.search(message, lines[0]), lines[0]
-    assert digest(store_path) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    assert digest(folder / "water-dimer.h5") == before
+    assert sorted(p.name for p in folder.iterdir()) == [
         "campaign.yaml", "water-dimer.h5", "water-dimer.h5.lock", "water-dimer.xyz"]
 
 
 def test_missing_files_given_to_commands(tmp_path):
-    for args, message in [
+    calls = [
         (["run", str(tmp_path / "nope.yaml")], "nope.yaml: no such file"),
         (["status", str(tmp_path / "nope.h5")], "nope.h5: no such store"),
         (["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r")], "no such store"),
         (["predict", str(tmp_path), str(tmp_path / "x.xyz"), "--out", str(tmp_path / "p.xyz")],
          "model"),
-    ]:
-        result = hifidata(*args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert message in result.stderr
+        (["dashboard", str(tmp_path / "nope")], "no such store or folder"),
+    ]
+    for (args, message), (code, stderr) in zip(
+            calls, run_cli_calls([args for args, _ in calls]), strict=True):
+        assert code == 2, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        assert message in stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "p.xyz").exists()
 
 
@@ -209,7 +226,8 @@ def test_the_recipe_follows_the_blocks_given():
 def test_every_command_has_help():
     for command in ["--help", "init --help", "run --help", "status --help", "predict --help",
                     "export --help", "audit --help", "train --help", "evaluate --help",
-                    "plan --help", "schedule --help"]:
+                    "plan --help", "schedule --help", "md --help", "export-model --help",
+                    "verify --help", "diff --help", "import --help", "dashboard --help"]:
         result = hifidata(*command.split())
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout

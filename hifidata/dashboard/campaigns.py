@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hifidata.datasets.overview import overview, summary
+from hifidata.datasets.overview import ProvenanceCache, overview, summary
 from hifidata.datasets.store import Store
 from hifidata.errors import HifidataError, StoreError
 
@@ -50,6 +50,7 @@ class Campaigns:
         self._scan_lock = threading.Lock()
         self._overviews: dict[str, _Cached] = {}
         self._summaries: dict[str, _Cached] = {}
+        self._provenance: dict[str, ProvenanceCache] = {}  # labels' provenance, decoded once
 
     @property
     def single(self) -> bool:
@@ -68,7 +69,17 @@ class Campaigns:
 
     def overview(self, cid: str) -> tuple[str, bytes] | None:
         """(etag, JSON body) of a campaign's overview; None for an unknown id."""
-        return self._read(cid, self._overviews, overview)
+        cache = self._provenance.setdefault(cid, ProvenanceCache())
+        return self._read(cid, self._overviews, lambda store: overview(store, cache))
+
+    def prewarm(self) -> None:
+        """Read every store's overview and summary once (a background thread at start)."""
+        for cid in self.paths():
+            try:
+                self.overview(cid)
+                self._read(cid, self._summaries, summary)
+            except Exception as error:  # a store that vanished: the request path reports it
+                log.debug("prewarm of %s: %s", cid, error)
 
     def summaries(self) -> list[dict[str, Any]]:
         rows = []

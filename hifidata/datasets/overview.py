@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from ase.data import chemical_symbols
 
 from hifidata.datasets.maps import MAX_Z, table_position
@@ -32,25 +33,50 @@ MAX_CURVE = 400  # points per throughput curve
 MAX_FAILURES = 500  # rows of the failure table (the total is given)
 
 
-def overview(store: Store) -> dict[str, Any]:
-    """Every panel of the dashboard for ``store``."""
+class ProvenanceCache:
+    """What the overview needs of each label's provenance (start time, cores, failed
+    attempts), kept between reads of one store: label rows never change (the store is
+    append-only), so reading a growing store again decodes only the rows added since."""
+
+    def __init__(self) -> None:
+        self.store: tuple | None = None
+        self.rows: list[tuple[str | None, int, list]] = []
+
+    def read(self, store: Store) -> tuple[dict[str, Any], list[tuple[str | None, int, list]]]:
+        """The store's label rows (store.label_rows) and every row's (started, cores,
+        attempts)."""
+        identity = (str(store.path.resolve()), store.info().get("created"))
+        if identity != self.store:
+            self.store, self.rows = identity, []
+        rows = store.label_rows(provenance_from=len(self.rows))
+        if len(rows["status"]) < len(self.rows):  # not the store it was: start again
+            self.rows = []
+            rows = store.label_rows()
+        self.rows = self.rows + [_provenance(text) for text in rows["provenance"]]
+        return rows, self.rows
+
+
+def overview(store: Store, cache: ProvenanceCache | None = None) -> dict[str, Any]:
+    """Every panel of the dashboard for ``store``; ``cache`` keeps what was decoded of the
+    labels' provenance for the next call on the same store."""
     spec = store.record("run", "spec") or {}
     methods = store.methods()
-    rows = store.label_rows()
+    rows, infos = (cache or ProvenanceCache()).read(store)
     latest = _latest_labels(rows)
-    selections = {name: store.selection(name) for name in store.selection_names()}
+    selections = {name: store.selection(name, arrays=("embedding", "explained_variance"))
+                  for name in store.selection_names()}
     rungs = _rung_order(spec, methods, selections)
-    labels = {name: _rung_labels(rows, latest.get(_method_id(methods, name), {}),
+    labels = {name: _rung_labels(rows, infos, latest.get(_method_id(methods, name), {}),
                                  selections.get(name)) for name in rungs}
     stages = _stages(store, spec, labels)
-    return {
+    data = {
         "campaign": _campaign(store, spec, stages),
         "stages": stages,
         "rungs": [{"name": name, **_method_summary(methods, name), **labels[name]["summary"]}
                   for name in rungs],
         "throughput": {name: labels[name]["throughput"] for name in rungs},
         "failures": _failures(labels),
-        "coverage": [_coverage(store, selections[name], selections,
+        "coverage": [_coverage(selections[name], selections,
                                latest.get(_method_id(methods, name), {}), rows["status"])
                      for name in rungs if name in selections],
         "elements": _elements(store, latest, rows["status"]),
@@ -58,21 +84,44 @@ def overview(store: Store) -> dict[str, Any]:
         "releases": _releases(store),
         "prefect": _prefect(store),
     }
+    _stage_details(data)
+    return data
+
+
+def _stage_details(data: dict[str, Any]) -> None:
+    """A line per stage saying how far it got, from the other panels' numbers."""
+    models, releases = data["models"], data["releases"]
+    deploy = models["deploy"]
+    details = {
+        "explore": f"{data['elements']['structures']:,} structures",
+        "select": ", ".join(f"{c['rung']} {c['layers']['selected']['count']:,}/"
+                            f"{c['layers']['pool']['count']:,}" for c in data["coverage"]),
+        "label": ", ".join(f"{r['name']} {r['ok']:,} ok" for r in data["rungs"]),
+        "train": f"{len(models['trained'])} model" + "s" * (len(models["trained"]) != 1)
+        if models["trained"] else "",
+        "evaluate": f"final: {models['final']}" if models["final"] else "",
+        "deploy": (f"{deploy['stable_replicas']}/{deploy['replicas']} stable"
+                   if deploy.get("replicas") else ""),
+        "release": f"v{releases[-1]['version']}" if releases and releases[-1]["version"]
+        else "",
+    }
+    for stage in data["stages"]:
+        stage["detail"] = details.get(stage["name"], "")
 
 
 def summary(store: Store) -> dict[str, Any]:
     """One index-page row: name, state, structures, labels ok / quarantined / pending."""
     spec = store.record("run", "spec") or {}
-    rows = store.label_rows()
+    methods = store.methods()
+    rows = store.label_rows(provenance_from=None)
     latest = _latest_labels(rows)
-    selected = {n: set(store.selection(n).selected_ids) for n in store.selection_names()}
+    selected = {n: set(store.selection(n, arrays=()).selected_ids)
+                for n in store.selection_names()}
     status = rows["status"]
     ok = sum(status[r] == "ok" for rows_ in latest.values() for r in rows_.values())
     failed = sum(status[r] != "ok" for rows_ in latest.values() for r in rows_.values())
-    pending = 0
-    for method in store.methods():
-        labeled = latest.get(method["method_id"], {})
-        pending += len(selected.get(method["name"], set()) - set(labeled))
+    pending = sum(len(ids - set(latest.get(_method_id(methods, name), {})))
+                  for name, ids in selected.items())
     stages = _stages(store, spec, None)
     return {**_campaign(store, spec, stages), "structures": len(store.structure_ids()),
             "labels_ok": ok, "quarantined": failed, "pending": pending}
@@ -167,15 +216,16 @@ def _method_summary(methods: list[dict], name: str) -> dict[str, Any]:
             "settings": {k: definition[k] for k in shown if definition.get(k) is not None}}
 
 
-def _rung_labels(rows: dict, latest: dict[str, int], selection) -> dict[str, Any]:
+def _rung_labels(rows: dict, infos: list[tuple], latest: dict[str, int],
+                 selection) -> dict[str, Any]:
     """Counts, cost and throughput of one rung's labels."""
     ids, where = list(latest), np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
     status = [rows["status"][r] for r in where]
-    info = [_provenance(rows["provenance"][r]) for r in where]
+    started, cores, tried = zip(*(infos[r] for r in where), strict=True) if len(where) else (
+        (), (), ())
     good = np.array([s == "ok" for s in status], dtype=bool)
-    cores = np.array([_cores(i) for i in info], dtype=float)
+    cores = np.array(cores, dtype=float)
     core_seconds = np.nan_to_num(np.asarray(rows["wall_time"], dtype=float)[where]) * cores
-    tried = [i.get("attempts") or [] for i in info]
     attempts = Counter(a.get("failure", "?") for t in tried for a in t)  # rescued ones too
     attempts.update(s for s, t in zip(status, tried, strict=True) if s != "ok" and not t)
     failed = np.flatnonzero(~good)
@@ -185,7 +235,7 @@ def _rung_labels(rows: dict, latest: dict[str, int], selection) -> dict[str, Any
         "rescues": [rescue_step(a) for a in tried[k][1:]],
         "attempts": [{"class": a.get("failure"), "message": a.get("message", "")}
                      for a in tried[k]],
-        "started": info[k].get("started"),
+        "started": started[k],
     } for k in failed]
     return {
         "summary": {
@@ -199,22 +249,23 @@ def _rung_labels(rows: dict, latest: dict[str, int], selection) -> dict[str, Any
             "cpu_hours_failed": float(core_seconds[failed].sum()) / 3600,
             "mean_core_seconds": float(core_seconds[good].mean()) if good.any() else None,
         },
-        "throughput": _throughput([i.get("started") for i in info], core_seconds / cores, good),
+        "throughput": _throughput(list(started), core_seconds / np.maximum(cores, 1), good),
         "failures": failures,
     }
 
 
-def _provenance(text: str) -> dict[str, Any]:
+def _provenance(text: str) -> tuple[str | None, int, list]:
+    """(started, cores, failed attempts) of one label. Cores: threads × MPI ranks, as the
+    cost model counts them. orjson: decoding every label's provenance is most of the
+    overview's time on a big store, and orjson (Prefect's) does it 4× faster than json."""
     try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _cores(info: dict[str, Any]) -> int:
-    """Cores a label held: threads × MPI ranks (as the cost model counts them)."""
-    return max(1, int(info.get("threads") or 1)) * max(1, int(info.get("ranks") or 1))
+        info = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    cores = max(1, int(info.get("threads") or 1)) * max(1, int(info.get("ranks") or 1))
+    return info.get("started"), cores, info.get("attempts") or []
 
 
 def _throughput(started: list[str | None], wall: np.ndarray, good: np.ndarray
@@ -248,7 +299,7 @@ def _failures(labels: dict[str, dict]) -> dict[str, Any]:
 
 
 # -- coverage and elements ------------------------------------------------------------------
-def _coverage(store: Store, selection, selections: dict, latest: dict[str, int],
+def _coverage(selection, selections: dict, latest: dict[str, int],
               status: list[str]) -> dict[str, Any]:
     """A rung's pool on its PCA embedding (PC1, PC2), with what it selected and labeled."""
     embedding = selection.arrays.get("embedding")

@@ -334,14 +334,18 @@ class Store:
                 [provenance[r] for r in rows],
             )
 
-    def label_rows(self) -> dict[str, Any]:
+    def label_rows(self, provenance_from: int | None = 0) -> dict[str, Any]:
         """Every label row of every method, without energies or forces (cheap to read whole):
-        structure_id, method_id, status, message, wall_time, provenance (JSON text)."""
+        structure_id, method_id, status, message, wall_time, and the provenance (JSON text)
+        of rows ``provenance_from`` on (rows never change: a reader that has the earlier
+        ones need not decode them again; None: no provenance)."""
         with self._table("labels") as table:
             return {
                 "structure_id": table.ids("structure_id"), "method_id": table.ids("method_id"),
                 "status": table.text("status"), "message": table.text("message"),
-                "wall_time": table.column("wall_time"), "provenance": table.text("provenance"),
+                "wall_time": table.column("wall_time"),
+                "provenance": ([] if provenance_from is None
+                               else table.text("provenance", provenance_from)),
             }
 
     def atomic_numbers(self) -> tuple[list[str], list[np.ndarray]]:
@@ -378,13 +382,16 @@ class Store:
         with self._read() as f:
             return list(f["selections"])
 
-    def selection(self, name: str) -> Selection:
+    def selection(self, name: str, arrays: Sequence[str] | None = None) -> Selection:
+        """A selection with its arrays, or only those named in ``arrays`` (the features of a
+        big pool are large; the dashboard needs the embedding)."""
         with self._read() as f:
             if name not in f["selections"]:
                 raise StoreError(f"{self.path}: no selection named {name!r}")
             group = f["selections"][name]
             arrays = {
                 key: group[key][()] for key in group if key not in ("pool_ids", "selected_ids")
+                and (arrays is None or key in arrays)
             }
             return Selection(
                 name,

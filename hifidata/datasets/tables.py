@@ -79,10 +79,15 @@ class TableView:
         starts, counts = self.column("atom_start"), self.column("atom_count")
         return [values[s : s + c] for s, c in zip(starts, counts, strict=True)]
 
-    def text(self, name: str) -> list[str]:
-        pool = self.group[f"{name}_bytes"][: self.committed[name]].tobytes()
-        starts, counts = self.column(f"{name}_start"), self.column(f"{name}_count")
-        return [pool[s : s + c].decode() for s, c in zip(starts, counts, strict=True)]
+    def text(self, name: str, first: int = 0) -> list[str]:
+        """The text of rows ``first`` on."""
+        starts = self.column(f"{name}_start")[first:]
+        counts = self.column(f"{name}_count")[first:]
+        low = int(starts.min()) if len(starts) else 0
+        pool = self.group[f"{name}_bytes"][low : self.committed[name]].tobytes()
+        return [pool[s - low : s - low + c].decode() for s, c in zip(starts.tolist(),
+                                                                     counts.tolist(),
+                                                                     strict=True)]
 
     def capacity(self) -> dict[str, int]:
         """Allocated room per counter: rows, atoms, and bytes of each text column."""

@@ -80,7 +80,7 @@ function renderCampaign(data) {
 function renderStages(data) {
   const links = data.prefect ? data.prefect.stages : {};
   const items = data.stages.map((s) => {
-    const detail = [];
+    const detail = s.detail ? [s.detail] : [];
     if (s.fraction !== undefined && s.fraction !== null) detail.push(`${(100 * s.fraction).toFixed(0)} %`);
     if (s.seconds !== null && s.seconds !== undefined) detail.push(`${fmt(s.seconds)} s`);
     if (s.error) detail.push(s.error);
@@ -295,9 +295,17 @@ function render(data) {
 // -- polling ---------------------------------------------------------------------------------
 let latest = null;
 
+// this script comes before plotly.js, so the first request runs while plotly.js loads;
+// drawing waits for the document (and with it every deferred script) to be ready
+const documentReady = new Promise((resolve) => {
+  if (typeof Plotly !== "undefined") resolve();
+  else document.addEventListener("DOMContentLoaded", resolve);  // fires after deferred scripts
+});
+
 async function poll() {
   try {
     const response = await fetch(body.dataset.api, { headers: etag ? { "If-None-Match": etag } : {} });
+    await documentReady;
     if (response.status === 200) {
       const data = await response.json();
       if (data.error) {
@@ -324,7 +332,13 @@ async function pollIndex() {
   try {
     const response = await fetch("/api/campaigns");
     if (response.ok) {
-      for (const row of await response.json()) {
+      const rows = await response.json();
+      const shown = [...document.querySelectorAll("tr[data-campaign]")].map((tr) => tr.dataset.campaign);
+      if (rows.map((row) => row.id).sort().join("\n") !== shown.sort().join("\n")) {
+        location.reload();  // a campaign appeared or went: the server renders the new table
+        return;
+      }
+      for (const row of rows) {
         const tr = document.querySelector(`tr[data-campaign="${CSS.escape(row.id)}"]`);
         if (!tr) continue;
         for (const cell of tr.querySelectorAll("[data-key]")) cell.textContent = row[cell.dataset.key];
