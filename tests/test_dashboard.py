@@ -101,6 +101,22 @@ def test_the_overview_holds_the_store_numbers(campaign):
     assert elements["H"]["labeled"] == len(ok_ids) and elements["C"]["candidates"] == 0
 
 
+def test_big_layers_are_thinned_and_keep_their_counts(campaign, monkeypatch):
+    from hifidata.datasets import overview as module
+
+    monkeypatch.setattr(module, "MAX_POINTS", 7)
+    monkeypatch.setattr(module, "MAX_CURVE", 4)
+    data = module.overview(Store(campaign))
+    pool = data["coverage"][0]["layers"]["pool"]
+    embedding = Store(campaign).selection("dft").arrays["embedding"]
+    assert pool["count"] == len(embedding) > 7 and len(pool["x"]) <= 7
+    step = -(-len(embedding) // 7)  # an evenly spaced subset, the first point included
+    np.testing.assert_allclose(pool["x"], embedding[::step, 0], atol=1e-5)
+    curve = data["throughput"]["dft"]
+    assert len(curve["labels"]) == 4 and curve["labels"][-1] == len(
+        Store(campaign).labels(Store(campaign).method_id("dft")))
+
+
 def test_model_metrics_and_parity_agree_with_the_evaluation(campaign):
     data = overview_of(client_for(campaign))
     store = Store(campaign)

@@ -389,7 +389,7 @@ class Store:
             if name not in f["selections"]:
                 raise StoreError(f"{self.path}: no selection named {name!r}")
             group = f["selections"][name]
-            arrays = {
+            kept = {
                 key: group[key][()] for key in group if key not in ("pool_ids", "selected_ids")
                 and (arrays is None or key in arrays)
             }
@@ -397,7 +397,7 @@ class Store:
                 name,
                 group["pool_ids"][()].astype(str).tolist(),
                 group["selected_ids"][()].astype(str).tolist(),
-                arrays,
+                kept,
                 json.loads(group.attrs["params"]),
             )
 

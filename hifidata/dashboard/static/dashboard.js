@@ -44,8 +44,9 @@ function live(text, ok) {
 // -- plots -----------------------------------------------------------------------------------
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 const LAYOUT = {
-  margin: { l: 56, r: 12, t: 36, b: 44 }, height: 300, font: { size: 11 },
-  paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#fafafa", legend: { orientation: "h", y: -0.2 },
+  margin: { l: 56, r: 12, t: 36, b: 44 }, height: 320, font: { size: 11 },
+  paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#fafafa",
+  legend: { orientation: "h", y: -0.22, yanchor: "top" },
 };
 
 function plot(id, traces, layout) {
@@ -233,7 +234,7 @@ function renderModels(data) {
   plot("plot-mae", Object.entries(series).map(([name, s]) => ({
     type: "scatter", mode: "lines+markers", name: esc(name), x: s.x, y: s.y })),
   { title: { text: "force MAE per evaluation (test split)" }, xaxis: { title: { text: "evaluation" }, dtick: 1 },
-    yaxis: { title: { text: "meV/Å" }, type: "log" } });
+    yaxis: { title: { text: "meV/Å" }, type: "log", dtick: 1 }, height: 380 });
 
   const parity = m.parity ? m.parity.parities.filter((p) => p.energy_true.length) : [];
   const traces = parity.map((p, i) => ({
@@ -246,7 +247,7 @@ function renderModels(data) {
     traces.push({ type: "scatter", mode: "lines", x: [lo, hi], y: [lo, hi], name: "y = x",
       line: { color: "#888", width: 1 }, hoverinfo: "skip" });
   }
-  plot("plot-parity", traces, { title: { text: "force parity (test split)" },
+  plot("plot-parity", traces, { title: { text: "force parity (test split)" }, height: 380,
     xaxis: { title: { text: "label eV/Å" } }, yaxis: { title: { text: "model eV/Å" } } });
 
   const rows = [];
