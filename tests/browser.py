@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: where browser tests keep their screenshots (CI keeps the folder as an artifact)
+#: where browser tests leave their screenshots (kept after the run, for people to look at)
 ARTIFACTS = Path(os.environ.get("HIFIDATA_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
 
