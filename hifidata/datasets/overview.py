@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +131,14 @@ def summary(store: Store) -> dict[str, Any]:
 def _campaign(store: Store, spec: dict, stages: list[dict]) -> dict[str, Any]:
     writer = store.writer()
     running = [s["name"] for s in stages if s["state"] == "running"]
+    finished = bool(stages) and all(s["state"] in ("done", "skipped") for s in stages)
     if running and writer and writer["alive"] is False:
         state = "interrupted"
-    elif running:
+    elif running or (writer and writer["alive"] and not finished):  # (between two stages)
         state = "running"
     elif any(s["state"] == "failed" for s in stages):
         state = "failed"
-    elif stages and all(s["state"] in ("done", "skipped") for s in stages):
+    elif finished:
         state = "finished"
     else:
         state = "stopped" if any(s["state"] == "done" for s in stages) else "new"
@@ -147,8 +148,7 @@ def _campaign(store: Store, spec: dict, stages: list[dict]) -> dict[str, Any]:
         "description": spec.get("description") or "",
         "store": store.path.name,
         "created": store.info().get("created"),
-        "updated": datetime.fromtimestamp(stat.st_mtime).astimezone().isoformat(
-            timespec="seconds"),
+        "updated": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
         "bytes": stat.st_size,
         "state": state,
         "stage": running[0] if running else None,
