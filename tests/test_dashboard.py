@@ -197,6 +197,10 @@ def test_the_page_follows_the_store_with_etags(campaign):
     store = Store(campaign, "a")
     sid = _unlabeled(store, "dft")
     store.add_labels([_failed(store, sid, "dft", "engine_crashed", "segfault")])
+    # the writer holds the store (its flock, seen in /proc/locks); every stage is done, so
+    # the campaign stays finished (a writer between two stages makes it running)
+    held = overview_of(client)["campaign"]
+    assert held["writer"]["alive"] is True and held["state"] == "finished"
     store.close()
     after = client.get("/api/c/water-dimer/overview", headers={"If-None-Match": etag})
     assert after.status_code == 200 and after.headers["etag"] != etag
@@ -204,6 +208,7 @@ def test_the_page_follows_the_store_with_etags(campaign):
     before = next(r for r in first.json()["rungs"] if r["name"] == "dft")
     assert rung["quarantined"] == before["quarantined"] + 1
     assert rung["quarantined_by_class"]["engine_crashed"] >= 1
+    assert after.json()["campaign"]["writer"]["alive"] is False
 
 
 WRITER = """

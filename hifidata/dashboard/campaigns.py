@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hifidata.datasets.overview import ProvenanceCache, overview, summary
-from hifidata.datasets.store import Store
+from hifidata.datasets.store import Store, writer_of
 from hifidata.errors import HifidataError, StoreError
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,14 @@ def _read_store(path: Path, reader: Callable[[Store], dict]) -> bytes | None:
 
 
 def _signature(path: Path) -> tuple | None:
+    """What changes when the store does: the file, and whether its writer holds it (a killed
+    campaign changes no byte of the store, but its page must say so)."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    writer = writer_of(path) or {}
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, writer.get("pid"), writer.get("alive")
 
 
 def _etag(signature: tuple | None) -> str:

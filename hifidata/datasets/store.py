@@ -435,14 +435,7 @@ class Store:
             ]
 
     def writer(self) -> dict[str, Any] | None:
-        """The pid and host of the last process that opened the store for writing (from its
-        lock file), and whether it still runs (None where that cannot be told from here)."""
-        try:
-            pid, host = self.path.with_name(self.path.name + ".lock").read_text().split()
-        except (OSError, ValueError):  # no lock file, or one from before hosts were recorded
-            return None
-        alive = Path(f"/proc/{pid}").exists() if host == socket.gethostname() else None
-        return {"pid": int(pid), "host": host, "alive": alive}
+        return writer_of(self.path)
 
     # -- paths of files that belong to the campaign ------------------------------------------
     def relative(self, path: str | os.PathLike) -> str:
@@ -455,6 +448,34 @@ class Store:
     def info(self) -> dict[str, Any]:
         with self._read() as f:
             return {key: _plain(value) for key, value in f.attrs.items()}
+
+
+def writer_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The pid and host of the last process that opened the store at ``path`` for writing
+    (from its lock file), and whether it holds the store now ("alive"; None where that
+    cannot be told from here: another host, or no /proc/locks). Reads no HDF5."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        pid, host = lock.read_text().split()
+    except (OSError, ValueError):  # no lock file, or one from before hosts were recorded
+        return None
+    alive = _holds_lock(int(pid), lock) if host == socket.gethostname() else None
+    return {"pid": int(pid), "host": host, "alive": alive}
+
+
+def _holds_lock(pid: int, lock: Path) -> bool | None:
+    """Whether ``pid`` holds a flock on ``lock``, from Linux's /proc/locks (which lists every
+    lock with its pid and inode); asking for the lock ourselves could turn a writer away."""
+    try:
+        inode, table = lock.stat().st_ino, Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.replace("->", "").split()  # "1: FLOCK ADVISORY WRITE pid maj:min:inode …"
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[4] == str(pid) and \
+                fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return False
 
 
 def _latest_rows(table: TableView, method_id: str) -> dict[str, int]:
