@@ -598,14 +598,13 @@ def dashboard(
 ) -> None:
     """The monitoring page: stages, labels, cost, failures, coverage, models and releases,
     live while campaigns run (read-only)."""
-    from hifidata.dashboard.app import serve
+    from hifidata.dashboard.app import is_loopback, serve
     from hifidata.dashboard.campaigns import Campaigns
 
     stores = Campaigns(path).paths()  # bad PATH: one line, before the server starts
-    loopback = host in ("127.0.0.1", "localhost", "::1")
     out.print(f"hifidata dashboard: {len(stores)} campaign store(s) under {path}; "
               f"http://{host if ':' not in host else f'[{host}]'}:{port}/ (Ctrl-C stops)")
-    if not loopback:
+    if not is_loopback(host):
         out.print(f"[yellow]listening on {host}: anyone who can reach this machine can read "
                   "these campaigns[/yellow]")
     serve(path, host=host, port=port, refresh_seconds=refresh)

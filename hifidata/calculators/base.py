@@ -202,6 +202,12 @@ class Label:
         return self.status == "ok"
 
 
+def cores_of(provenance: Mapping[str, Any]) -> int:
+    """Cores a label's run held: threads × MPI ranks, as ``label`` records them."""
+    return (max(1, int(provenance.get("threads") or 1))
+            * max(1, int(provenance.get("ranks") or 1)))
+
+
 def label(
     atoms: Atoms,
     method: Method,

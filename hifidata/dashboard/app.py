@@ -175,7 +175,12 @@ def serving(path: str | Path, refresh_seconds: float = 2.0, host: str = "127.0.0
         thread.join(timeout=10)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the dashboard to this machine."""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def _app_for(path: str | Path, host: str, refresh_seconds: float,
              prewarm: bool = True) -> Starlette:
-    loopback = host in ("127.0.0.1", "localhost", "::1")
-    return create_app(path, refresh_seconds, LOOPBACK_HOSTS if loopback else None, prewarm)
+    return create_app(path, refresh_seconds, LOOPBACK_HOSTS if is_loopback(host) else None,
+                      prewarm)

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from ase.data import chemical_symbols
 
+from hifidata.calculators.base import cores_of
 from hifidata.datasets.maps import MAX_Z, table_position
 from hifidata.datasets.status import rescue_step
 from hifidata.datasets.store import Store
@@ -255,17 +256,16 @@ def _rung_labels(rows: dict, infos: list[tuple], latest: dict[str, int],
 
 
 def _provenance(text: str) -> tuple[str | None, int, list]:
-    """(started, cores, failed attempts) of one label. Cores: threads × MPI ranks, as the
-    cost model counts them. orjson: decoding every label's provenance is most of the
-    overview's time on a big store, and orjson (Prefect's) does it 4× faster than json."""
+    """(started, cores, failed attempts) of one label. orjson: decoding every label's
+    provenance is most of the overview's time on a big store; orjson (Prefect's) does it
+    4× faster than json."""
     try:
         info = orjson.loads(text or "{}")
     except orjson.JSONDecodeError:
         info = {}
     if not isinstance(info, dict):
         info = {}
-    cores = max(1, int(info.get("threads") or 1)) * max(1, int(info.get("ranks") or 1))
-    return info.get("started"), cores, info.get("attempts") or []
+    return info.get("started"), cores_of(info), info.get("attempts") or []
 
 
 def _throughput(started: list[str | None], wall: np.ndarray, good: np.ndarray

@@ -178,7 +178,7 @@ class Store:
         with h5py.File(partial, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["created"] = _now()
+            f.attrs["created"] = utc_now()
             f.attrs["created_by"] = f"hifidata {__version__}"
             for name, schema in SCHEMAS.items():
                 create_table(f, name, schema)
@@ -374,7 +374,7 @@ class Store:
                 group.create_dataset(name, data=np.asarray(array))
             group.attrs["params"] = json.dumps(selection.params, sort_keys=True,
                                                default=_json_default)
-            group.attrs["created"] = _now()
+            group.attrs["created"] = utc_now()
 
         rebuild_file(self.path, SCHEMAS, change=write)  # new groups change the file's structure
 
@@ -406,7 +406,7 @@ class Store:
         """Append a JSON record; the latest record of a (kind, key) wins."""
         text = json.dumps(dict(data), sort_keys=True, default=_json_default)
         self._append("records", Rows(columns={}, texts={
-            "kind": [kind], "key": [key], "created": [_now()], "data": [text]}))
+            "kind": [kind], "key": [key], "created": [utc_now()], "data": [text]}))
 
     def records(self, kind: str) -> dict[str, dict[str, Any]]:
         """The latest record of every key of ``kind``, in the order they were first written."""
@@ -500,7 +500,8 @@ def _rows_of(all_ids: Sequence[str], ids: Sequence[str] | None) -> list[int]:
     return [where[sid] for sid in ids]
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, in UTC, to the second: how the store stamps what it records."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 

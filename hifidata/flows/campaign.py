@@ -12,7 +12,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from hifidata.datasets.maps import store_maps
 from hifidata.datasets.release import export_release
 from hifidata.datasets.status import campaign_status
-from hifidata.datasets.store import Selection, Store
+from hifidata.datasets.store import Selection, Store, utc_now
 from hifidata.errors import HifidataError, SpecError
 from hifidata.flows import tasks
 from hifidata.flows.audit import audit_flow
@@ -112,11 +111,11 @@ def campaign(spec: Spec, until: str = "release") -> dict[str, Any]:
 def _run_stage(stage, name: str, spec: Spec, store: Store) -> float:
     """Run one stage flow; record when it started and how it ended (the dashboard's stage
     progress) with its flow run, so a Prefect server's page for it can be linked."""
-    started, start = _now(), time.perf_counter()
+    started, start = utc_now(), time.perf_counter()
     store.put_record("stage", name, {"state": "running", "started": started})
     state = stage(spec, store, return_state=True)
     seconds = round(time.perf_counter() - start, 1)
-    record = {"started": started, "finished": _now(), "seconds": seconds,
+    record = {"started": started, "finished": utc_now(), "seconds": seconds,
               "flow_run_id": str(state.state_details.flow_run_id)}
     try:
         state.result()  # the stage's own exception, if it failed
@@ -126,10 +125,6 @@ def _run_stage(stage, name: str, spec: Spec, store: Store) -> float:
         raise
     store.put_record("stage", name, {**record, "state": "done"})
     return seconds
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _runner(spec: Spec) -> ThreadPoolTaskRunner:

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from hifidata.calculators.base import cores_of
+
 #: Exponents of the cost in the size measure, per (engine, theory). Gaussian basis (size: basis
 #: functions N), asymptotic orders (Helgaker, Jørgensen & Olsen, Molecular Electronic-Structure
 #: Theory, ch. 13-14): HF and hybrid DFT build Fock matrices from O(N⁴) integrals that
@@ -347,7 +349,7 @@ def _cores(provenance: str) -> int:
         info = json.loads(provenance or "{}")
     except json.JSONDecodeError:
         info = {}
-    return max(1, int(info.get("threads") or 1)) * max(1, int(info.get("ranks") or 1))
+    return cores_of(info)
 
 
 def cost_model(engine: str, params: Mapping[str, Any], store=None,
